@@ -1,0 +1,98 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let swiftSettings: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "enrich",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "enrich", targets: ["enrich"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+    ],
+    targets: [
+        // The command-line entry point: a thin shell over EnrichCLI.
+        .executableTarget(name: "enrich", dependencies: ["EnrichCLI"], swiftSettings: swiftSettings),
+        // Subcommands (migrate, enqueue, status, run, simulate); logic lives in the libraries below.
+        .target(
+            name: "EnrichCLI",
+            dependencies: [
+                "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "EnrichWorker", "NymbleSimulator",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // PostgreSQL: connection config, migrations, the queue table and the job runs table.
+        .target(
+            name: "EnrichQueue",
+            dependencies: [
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The Nymble Commerce API client: wire models, typed errors, Retry-After parsing.
+        .target(
+            name: "NymbleAPI",
+            dependencies: [
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The one shared login token: single-flight login, refresh-ahead, login pacing.
+        .target(
+            name: "EnrichToken",
+            dependencies: ["NymbleAPI", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
+        // Rate control: the adaptive (AIMD) throttle for 429s and retry backoff with full jitter.
+        .target(name: "EnrichThrottle", dependencies: [], swiftSettings: swiftSettings),
+        // The pipeline: claim -> call -> write back, in a bounded task group.
+        .target(
+            name: "EnrichWorker",
+            dependencies: [
+                "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // A faithful simulator of the Nymble API (Hummingbird), used by tests, the demo and benchmarks.
+        .target(
+            name: "NymbleSimulator",
+            dependencies: [
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Pure logic, no I/O: injected clocks, no database, no network.
+        .testTarget(
+            name: "EnrichUnitTests",
+            dependencies: ["EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "EnrichCLI"],
+            swiftSettings: swiftSettings
+        ),
+        // Real PostgreSQL and the simulator over loopback HTTP.
+        .testTarget(
+            name: "EnrichIntegrationTests",
+            dependencies: [
+                "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "EnrichWorker", "NymbleSimulator",
+                "EnrichCLI",
+            ],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

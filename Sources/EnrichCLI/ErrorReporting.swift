@@ -1,0 +1,46 @@
+import ArgumentParser
+import EnrichQueue
+import Foundation
+
+/// Writes a line to standard error.
+func printError(_ text: String) {
+    FileHandle.standardError.write(Data((text + "\n").utf8))
+}
+
+/// Maps an error to its documented exit code.
+public func exitCode(for error: any Error) -> Int32 {
+    switch error {
+    case is InputError: return EnrichExitCode.badInput
+    case is ConfigurationError: return EnrichExitCode.configuration
+    case let error as DatabaseError:
+        if error.code == .badSource { return EnrichExitCode.badInput }
+        if error.code == .cannotConnect || error.code == .invalidURL || error.code == .invalidSchemaName {
+            return EnrichExitCode.configuration
+        }
+        return EnrichExitCode.failure
+    case let error as any ExitCodeProviding: return error.exitCode
+    default: return EnrichExitCode.failure
+    }
+}
+
+/// Errors of later layers (worker, API) that know their own exit code.
+public protocol ExitCodeProviding: Error {
+    var exitCode: Int32 { get }
+}
+
+/// Runs a subcommand body: prints any error as one `enrich: error: ...` line (descriptions are secret-free by
+/// construction) and exits with the code the error maps to, or with the code `body` returns.
+func reportingErrors(_ body: () async throws -> Int32) async throws {
+    let code: Int32
+    do {
+        code = try await body()
+    } catch let error as ExitCode {
+        throw error
+    } catch let error as ValidationError {
+        throw error
+    } catch {
+        printError("enrich: error: \(error)")
+        throw ExitCode(exitCode(for: error))
+    }
+    if code != EnrichExitCode.success { throw ExitCode(code) }
+}

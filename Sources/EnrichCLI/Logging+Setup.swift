@@ -1,0 +1,75 @@
+import Foundation
+import Logging
+import Synchronization
+
+/// Log output formats for `--log-format`.
+public enum LogFormat: String, Sendable, CaseIterable {
+    case text, json
+}
+
+/// Bootstraps swift-log once per process: text (human) or JSON lines (machines), both on standard error.
+public enum LoggingSetup {
+    private static let done = Mutex(false)
+
+    public static func bootstrap(format: LogFormat, level: Logger.Level) {
+        let shouldBootstrap = done.withLock { done in
+            defer { done = true }
+            return !done
+        }
+        guard shouldBootstrap else { return }
+        LoggingSystem.bootstrap { label in
+            var handler: any LogHandler
+            switch format {
+            case .text: handler = StreamLogHandler.standardError(label: label)
+            case .json: handler = JSONLogHandler(label: label)
+            }
+            handler.logLevel = level
+            return handler
+        }
+    }
+}
+
+/// One JSON object per line on standard error: `ts`, `level`, `label`, `msg`, then the metadata keys.
+public struct JSONLogHandler: LogHandler {
+    public var metadata: Logger.Metadata = [:]
+    public var logLevel: Logger.Level = .info
+    public var metadataProvider: Logger.MetadataProvider?
+    private let label: String
+    private static let output = Mutex(())
+
+    public init(label: String) { self.label = label }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    public func log(event: LogEvent) {
+        var merged = metadata
+        if let provided = metadataProvider?.get() { merged.merge(provided) { _, new in new } }
+        if let extra = event.metadata { merged.merge(extra) { _, new in new } }
+        var line = "{\"ts\":\"\(Date().formatted(.iso8601))\",\"level\":\"\(event.level)\""
+        line += ",\"label\":" + Self.quoted(label) + ",\"msg\":" + Self.quoted("\(event.message)")
+        for key in merged.keys.sorted() {
+            line += "," + Self.quoted(key) + ":" + Self.quoted("\(merged[key]!)")
+        }
+        line += "}\n"
+        Self.output.withLock { _ in FileHandle.standardError.write(Data(line.utf8)) }
+    }
+
+    static func quoted(_ text: String) -> String {
+        var result = "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": result += "\\\""
+            case "\\": result += "\\\\"
+            case "\n": result += "\\n"
+            case "\r": result += "\\r"
+            case "\t": result += "\\t"
+            case let s where s.value < 0x20: result += String(format: "\\u%04x", s.value)
+            default: result.unicodeScalars.append(scalar)
+            }
+        }
+        return result + "\""
+    }
+}

@@ -1,0 +1,96 @@
+import EnrichQueue
+import Foundation
+
+/// What `enrich status` shows: queue counts by state and the recent runs with their progress.
+public struct StatusReport: Codable, Sendable {
+    public var schema: String
+    public var queue: QueueCounts
+    public var runs: [RunSummary]
+
+    /// A job run plus derived progress figures.
+    public struct RunSummary: Codable, Sendable {
+        public var run: JobRun
+        /// Rows finished (done or failed) by this run.
+        public var processed: Int64
+        /// Rows per second over the run so far.
+        public var itemsPerSecond: Double?
+        /// Estimated seconds left (running runs with a known total only).
+        public var etaSeconds: Double?
+        /// Seconds since the last heartbeat.
+        public var heartbeatAgeSeconds: Double
+
+        public init(run: JobRun, now: Date = .now) {
+            self.run = run
+            processed = run.counters.succeeded + run.counters.failed
+            let end = run.finishedAt ?? max(run.heartbeatAt, now)
+            let elapsed = end.timeIntervalSince(run.startedAt)
+            itemsPerSecond = elapsed > 0.5 ? Double(processed) / elapsed : nil
+            heartbeatAgeSeconds = max(0, now.timeIntervalSince(run.heartbeatAt))
+            if run.state == .running, let total = run.totalItems, let rate = itemsPerSecond, rate > 0 {
+                etaSeconds = Double(max(0, total - processed)) / rate
+            }
+        }
+    }
+
+    public init(schema: String, queue: QueueCounts, runs: [JobRun], now: Date = .now) {
+        self.schema = schema
+        self.queue = queue
+        self.runs = runs.map { RunSummary(run: $0, now: now) }
+    }
+
+    /// The human-readable rendering: a counts line and a table of runs.
+    public func text() -> String {
+        var lines: [String] = []
+        lines.append(
+            "queue (\(schema)): \(queue.pending) pending, \(queue.running) running, \(queue.done) done, "
+                + "\(queue.failed) failed, \(queue.total) total"
+        )
+        guard !runs.isEmpty else {
+            lines.append("no job runs yet")
+            return lines.joined(separator: "\n")
+        }
+        let header = [
+            "RUN", "JOB", "TRIGGER", "STATE", "STARTED (UTC)", "PROGRESS", "RATE/s", "ETA", "429s", "LOGINS",
+            "HOST:PID", "LAST ERROR",
+        ]
+        var table = [header]
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "UTC")
+        formatter.dateFormat = "yyyy-MM-dd HH:mm:ss"
+        for summary in runs {
+            let run = summary.run
+            let progress =
+                run.totalItems.map { "\(summary.processed)/\($0)" } ?? "\(summary.processed)"
+            var state = run.state.rawValue
+            if run.state == .running && summary.heartbeatAgeSeconds > 60 {
+                state += " (no heartbeat \(Self.duration(summary.heartbeatAgeSeconds)))"
+            }
+            table.append([
+                String(run.id), run.jobName, run.trigger.rawValue, state, formatter.string(from: run.startedAt),
+                progress + (run.counters.failed > 0 ? " (\(run.counters.failed) failed)" : ""),
+                summary.itemsPerSecond.map { String(format: "%.0f", $0) } ?? "-",
+                summary.etaSeconds.map(Self.duration) ?? "-",
+                String(run.counters.throttled), String(run.counters.logins), "\(run.host):\(run.pid)",
+                run.lastError.map { String($0.prefix(80)) } ?? "",
+            ])
+        }
+        let widths = header.indices.map { column in table.map { $0[column].count }.max() ?? 0 }
+        for row in table {
+            let padded = row.indices.map { column in
+                column == row.count - 1
+                    ? row[column] : row[column].padding(toLength: widths[column], withPad: " ", startingAt: 0)
+            }
+            lines.append(padded.joined(separator: "  ").trimmingCharacters(in: .whitespaces))
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    /// `3h05m`, `4m12s`, `9s`.
+    static func duration(_ seconds: Double) -> String {
+        let total = Int(seconds.rounded())
+        if total >= 3600 { return String(format: "%dh%02dm", total / 3600, (total % 3600) / 60) }
+        if total >= 60 { return String(format: "%dm%02ds", total / 60, total % 60) }
+        return "\(total)s"
+    }
+}

@@ -1,0 +1,221 @@
+import Foundation
+import Logging
+import PostgresNIO
+
+/// How a run was started.
+public enum RunTrigger: String, Sendable, Codable, CaseIterable {
+    case cli, cron
+}
+
+/// The lifecycle state of a job run.
+public enum RunState: String, Sendable, Codable, CaseIterable {
+    /// In progress (check `heartbeatAt` to tell a live run from a crashed one).
+    case running
+    /// Finished; every claimed row was written (some rows may have failed permanently).
+    case succeeded
+    /// Stopped by an error (see `lastError`).
+    case failed
+    /// Stopped by SIGINT/SIGTERM; unstarted rows were released.
+    case interrupted
+    /// Found `running` with a stale heartbeat and no live process: marked by a later run.
+    case abandoned
+}
+
+/// The counters a run keeps in its job runs row.
+public struct RunCounters: Sendable, Codable, Equatable {
+    /// Rows leased from the queue.
+    public var claimed: Int64 = 0
+    /// Rows written back as `done`.
+    public var succeeded: Int64 = 0
+    /// Rows that ended `failed` (permanently, or out of attempts).
+    public var failed: Int64 = 0
+    /// Rows sent back to `pending` for a later attempt (5xx, timeout, dropped connection).
+    public var retried: Int64 = 0
+    /// 429 answers received.
+    public var throttled: Int64 = 0
+    /// Logins performed.
+    public var logins: Int64 = 0
+
+    public init(
+        claimed: Int64 = 0,
+        succeeded: Int64 = 0,
+        failed: Int64 = 0,
+        retried: Int64 = 0,
+        throttled: Int64 = 0,
+        logins: Int64 = 0
+    ) {
+        self.claimed = claimed
+        self.succeeded = succeeded
+        self.failed = failed
+        self.retried = retried
+        self.throttled = throttled
+        self.logins = logins
+    }
+}
+
+/// One row of the job runs (status) table.
+public struct JobRun: Sendable, Codable, Equatable {
+    public var id: Int64
+    public var jobName: String
+    public var trigger: RunTrigger
+    public var host: String
+    public var pid: Int32
+    public var state: RunState
+    public var startedAt: Date
+    public var finishedAt: Date?
+    public var heartbeatAt: Date
+    /// Rows available when the run started (the denominator of progress and ETA).
+    public var totalItems: Int64?
+    public var counters: RunCounters
+    public var lastError: String?
+}
+
+/// The typed API over the job runs table.
+public struct JobRuns: Sendable {
+    public let database: Database
+    var schema: String { database.schema }
+    var logger: Logger { database.logger }
+
+    public init(database: Database) { self.database = database }
+
+    /// Records the start of a run and returns its id.
+    public func start(
+        jobName: String,
+        trigger: RunTrigger,
+        host: String = ProcessInfo.processInfo.hostName,
+        pid: Int32 = ProcessInfo.processInfo.processIdentifier,
+        totalItems: Int64?,
+        settingsJSON: String = "{}"
+    ) async throws -> Int64 {
+        try await run("record the run start") {
+            let rows = try await database.client.query(
+                """
+                INSERT INTO \(unescaped: schema).job_runs (job_name, trigger, host, pid, total_items, settings)
+                VALUES (\(jobName), \(trigger.rawValue), \(host), \(pid), \(totalItems), \(settingsJSON)::jsonb)
+                RETURNING id
+                """,
+                logger: logger
+            ).collect()
+            guard let id = try rows.first?.decode(Int64.self) else {
+                throw DatabaseError(.queryFailed, "recording the run start returned no id")
+            }
+            return id
+        }
+    }
+
+    /// Stores the current counters and moves the heartbeat to now.
+    public func heartbeat(id: Int64, counters: RunCounters) async throws {
+        try await run("update the run heartbeat") {
+            try await database.client.query(
+                """
+                UPDATE \(unescaped: schema).job_runs SET heartbeat_at = now(),
+                    claimed = \(counters.claimed), succeeded = \(counters.succeeded), failed = \(counters.failed),
+                    retried = \(counters.retried), throttled = \(counters.throttled), logins = \(counters.logins)
+                WHERE id = \(id)
+                """,
+                logger: logger
+            )
+        }
+    }
+
+    /// Records the end of a run: its final state, counters and (secret-free) last error.
+    public func finish(id: Int64, state: RunState, counters: RunCounters, lastError: String?) async throws {
+        try await run("record the run end") {
+            try await database.client.query(
+                """
+                UPDATE \(unescaped: schema).job_runs SET state = \(state.rawValue), finished_at = now(),
+                    heartbeat_at = now(),
+                    claimed = \(counters.claimed), succeeded = \(counters.succeeded), failed = \(counters.failed),
+                    retried = \(counters.retried), throttled = \(counters.throttled), logins = \(counters.logins),
+                    last_error = \(lastError.map { String($0.prefix(2000)) })
+                WHERE id = \(id)
+                """,
+                logger: logger
+            )
+        }
+    }
+
+    /// The most recent runs, newest first, optionally of one job.
+    public func recent(limit: Int = 10, jobName: String? = nil) async throws -> [JobRun] {
+        try await run("read job runs") {
+            let rows = try await database.client.query(
+                """
+                SELECT id, job_name, trigger, host, pid, state, started_at, finished_at, heartbeat_at, total_items,
+                    claimed, succeeded, failed, retried, throttled, logins, last_error
+                FROM \(unescaped: schema).job_runs
+                WHERE \(jobName)::text IS NULL OR job_name = \(jobName)
+                ORDER BY started_at DESC, id DESC
+                LIMIT \(Int32(clamping: limit))
+                """,
+                logger: logger
+            ).collect()
+            return try rows.map(Self.jobRun(from:))
+        }
+    }
+
+    /// One run by id.
+    public func run(id: Int64) async throws -> JobRun? {
+        try await run("read a job run") {
+            let rows = try await database.client.query(
+                """
+                SELECT id, job_name, trigger, host, pid, state, started_at, finished_at, heartbeat_at, total_items,
+                    claimed, succeeded, failed, retried, throttled, logins, last_error
+                FROM \(unescaped: schema).job_runs WHERE id = \(id)
+                """,
+                logger: logger
+            ).collect()
+            return try rows.first.map(Self.jobRun(from:))
+        }
+    }
+
+    static func jobRun(from row: PostgresRow) throws -> JobRun {
+        var cells = row.makeRandomAccess()[...].makeIterator()
+        func next<T: PostgresDecodable>(_: T.Type = T.self) throws -> T {
+            guard let cell = cells.next() else { throw DatabaseError(.queryFailed, "job run row is too short") }
+            return try cell.decode(T.self, context: .default)
+        }
+        let id: Int64 = try next()
+        let jobName: String = try next()
+        let trigger = RunTrigger(rawValue: try next(String.self)) ?? .cli
+        let host: String = try next()
+        let pid: Int32 = try next()
+        let state = RunState(rawValue: try next(String.self)) ?? .failed
+        let startedAt: Date = try next()
+        let finishedAt: Date? = try next()
+        let heartbeatAt: Date = try next()
+        let totalItems: Int64? = try next()
+        let counters = RunCounters(
+            claimed: try next(),
+            succeeded: try next(),
+            failed: try next(),
+            retried: try next(),
+            throttled: try next(),
+            logins: try next()
+        )
+        let lastError: String? = try next()
+        return JobRun(
+            id: id,
+            jobName: jobName,
+            trigger: trigger,
+            host: host,
+            pid: pid,
+            state: state,
+            startedAt: startedAt,
+            finishedAt: finishedAt,
+            heartbeatAt: heartbeatAt,
+            totalItems: totalItems,
+            counters: counters,
+            lastError: lastError
+        )
+    }
+
+    private func run<T>(_ operation: String, _ body: () async throws -> T) async throws -> T {
+        do {
+            return try await body()
+        } catch let error as DatabaseError {
+            throw error
+        } catch {
+            throw DatabaseError.wrap(error, during: operation)
+        }
+    }
+}

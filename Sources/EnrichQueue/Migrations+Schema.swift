@@ -1,0 +1,157 @@
+/// enrich's schema history. Append new migrations; never edit an applied one.
+enum Migrations {
+    static let all: [Migration] = [initialSchema]
+
+    /// Version 1: the queue, its per-state counters, and the job runs (status) table.
+    static let initialSchema = Migration(
+        version: 1,
+        name: "queue, queue counts and job runs",
+        statements: [
+            """
+            CREATE TABLE {schema}.queue_items (
+                id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                organization_id  text        NOT NULL,
+                user_id          text        NOT NULL,
+                state            text        NOT NULL DEFAULT 'pending',
+                attempts         integer     NOT NULL DEFAULT 0,
+                max_attempts     integer     NOT NULL DEFAULT 5,
+                available_at     timestamptz NOT NULL DEFAULT now(),
+                lease_owner      text,
+                lease_expires_at timestamptz,
+                last_error       text,
+                customer_number  text,
+                price_tier       text,
+                currency_code    text,
+                enriched_at      timestamptz,
+                job_run_id       bigint,
+                created_at       timestamptz NOT NULL DEFAULT now(),
+                updated_at       timestamptz NOT NULL DEFAULT now(),
+                CONSTRAINT queue_items_pair_key UNIQUE (organization_id, user_id),
+                CONSTRAINT queue_items_state_check CHECK (state IN ('pending', 'running', 'done', 'failed')),
+                CONSTRAINT queue_items_organization_id_check
+                    CHECK (btrim(organization_id) <> '' AND length(organization_id) <= 256),
+                CONSTRAINT queue_items_user_id_check CHECK (btrim(user_id) <> '' AND length(user_id) <= 256),
+                CONSTRAINT queue_items_attempts_check CHECK (attempts >= 0 AND max_attempts >= 1),
+                CONSTRAINT queue_items_lease_check
+                    CHECK ((state = 'running') = (lease_owner IS NOT NULL AND lease_expires_at IS NOT NULL))
+            )
+            """,
+            // Claiming reads the oldest available pending rows, and expired leases, through these two small
+            // partial indexes instead of scanning the table.
+            "CREATE INDEX queue_items_claim_idx ON {schema}.queue_items (available_at, id) WHERE state = 'pending'",
+            "CREATE INDEX queue_items_lease_idx ON {schema}.queue_items (lease_expires_at) WHERE state = 'running'",
+            """
+            COMMENT ON TABLE {schema}.queue_items IS
+                'One row per (organization_id, user_id) pair to enrich; enriched_at IS NULL means not enriched yet'
+            """,
+            // Counting a million rows by state is a full scan; instead every statement appends its per-state
+            // deltas here (insert-only, so writers never wait on each other) and readers sum them.
+            """
+            CREATE TABLE {schema}.queue_counts (
+                state text   NOT NULL,
+                delta bigint NOT NULL
+            )
+            """,
+            """
+            CREATE FUNCTION {schema}.queue_counts_on_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO {schema}.queue_counts (state, delta)
+                SELECT state, count(*) FROM new_rows GROUP BY state;
+                RETURN NULL;
+            END $$
+            """,
+            """
+            CREATE FUNCTION {schema}.queue_counts_on_update() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO {schema}.queue_counts (state, delta)
+                SELECT state, sum(delta) FROM (
+                    SELECT state, -1 AS delta FROM old_rows
+                    UNION ALL
+                    SELECT state, 1 AS delta FROM new_rows
+                ) AS changes
+                GROUP BY state HAVING sum(delta) <> 0;
+                RETURN NULL;
+            END $$
+            """,
+            """
+            CREATE FUNCTION {schema}.queue_counts_on_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO {schema}.queue_counts (state, delta)
+                SELECT state, -count(*) FROM old_rows GROUP BY state;
+                RETURN NULL;
+            END $$
+            """,
+            """
+            CREATE FUNCTION {schema}.queue_counts_on_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                DELETE FROM {schema}.queue_counts;
+                RETURN NULL;
+            END $$
+            """,
+            """
+            CREATE TRIGGER queue_counts_insert AFTER INSERT ON {schema}.queue_items
+                REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
+                EXECUTE FUNCTION {schema}.queue_counts_on_insert()
+            """,
+            """
+            CREATE TRIGGER queue_counts_update AFTER UPDATE ON {schema}.queue_items
+                REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT
+                EXECUTE FUNCTION {schema}.queue_counts_on_update()
+            """,
+            """
+            CREATE TRIGGER queue_counts_delete AFTER DELETE ON {schema}.queue_items
+                REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT
+                EXECUTE FUNCTION {schema}.queue_counts_on_delete()
+            """,
+            """
+            CREATE TRIGGER queue_counts_truncate AFTER TRUNCATE ON {schema}.queue_items
+                FOR EACH STATEMENT EXECUTE FUNCTION {schema}.queue_counts_on_truncate()
+            """,
+            // Folds the appended deltas into one row per state. Rows of transactions still open are not
+            // visible to the DELETE and are kept, so no delta is ever lost.
+            """
+            CREATE FUNCTION {schema}.compact_queue_counts() RETURNS void LANGUAGE sql AS $$
+                WITH folded AS (DELETE FROM {schema}.queue_counts RETURNING state, delta)
+                INSERT INTO {schema}.queue_counts (state, delta)
+                SELECT state, sum(delta) FROM folded GROUP BY state HAVING sum(delta) <> 0
+            $$
+            """,
+            """
+            CREATE VIEW {schema}.queue_summary AS
+                SELECT state, sum(delta)::bigint AS items FROM {schema}.queue_counts GROUP BY state
+            """,
+            """
+            CREATE TABLE {schema}.job_runs (
+                id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                job_name     text        NOT NULL,
+                trigger      text        NOT NULL DEFAULT 'cli',
+                host         text        NOT NULL,
+                pid          integer     NOT NULL,
+                state        text        NOT NULL DEFAULT 'running',
+                started_at   timestamptz NOT NULL DEFAULT now(),
+                finished_at  timestamptz,
+                heartbeat_at timestamptz NOT NULL DEFAULT now(),
+                total_items  bigint,
+                claimed      bigint      NOT NULL DEFAULT 0,
+                succeeded    bigint      NOT NULL DEFAULT 0,
+                failed       bigint      NOT NULL DEFAULT 0,
+                retried      bigint      NOT NULL DEFAULT 0,
+                throttled    bigint      NOT NULL DEFAULT 0,
+                logins       bigint      NOT NULL DEFAULT 0,
+                last_error   text,
+                settings     jsonb       NOT NULL DEFAULT '{}',
+                CONSTRAINT job_runs_trigger_check CHECK (trigger IN ('cli', 'cron')),
+                CONSTRAINT job_runs_state_check
+                    CHECK (state IN ('running', 'succeeded', 'failed', 'interrupted', 'abandoned')),
+                CONSTRAINT job_runs_finished_check CHECK ((state = 'running') = (finished_at IS NULL))
+            )
+            """,
+            "CREATE INDEX job_runs_job_started_idx ON {schema}.job_runs (job_name, started_at DESC)",
+            "CREATE INDEX job_runs_running_idx ON {schema}.job_runs (heartbeat_at) WHERE state = 'running'",
+            """
+            COMMENT ON TABLE {schema}.job_runs IS
+                'One row per enrich run: who ran it, its state, heartbeat and counters (the job status table)'
+            """,
+        ]
+    )
+}

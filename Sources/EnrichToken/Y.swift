@@ -1,0 +1,3 @@
+import NymbleAPI
+
+public enum Y2 {}

@@ -1,0 +1,4 @@
+import EnrichQueue
+import ServiceLifecycle
+
+public enum Y4 {}

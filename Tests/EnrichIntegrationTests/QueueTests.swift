@@ -1,0 +1,233 @@
+import EnrichQueue
+import Foundation
+import PostgresNIO
+import Synchronization
+import Testing
+
+@Suite("Queue on a real PostgreSQL", .freshSchema, .timeLimit(.minutes(3)))
+struct QueueTests {
+    static func pairs(_ count: Int, prefix: String = "org") -> [Pair] {
+        (0..<count).map { Pair(organizationId: "\(prefix)\($0 % 7)", userId: "user\($0)") }
+    }
+
+    func enqueue(_ queue: Queue, _ pairs: [Pair], maxAttempts: Int32 = 5) async throws -> EnqueueSummary {
+        let chunks = stride(from: 0, to: pairs.count, by: 1000).map { Array(pairs[$0..<min($0 + 1000, pairs.count)]) }
+        let box = ChunkBox(chunks)
+        return try await queue.enqueue(maxAttempts: maxAttempts) { box.next() }
+    }
+
+    @Test("enqueuing a pair that is pending or running again does not duplicate it; done pairs are queued again")
+    func enqueueIsIdempotent() async throws {
+        let queue = Queue(database: try TestDatabase.require())
+        let first = try await enqueue(queue, Self.pairs(100))
+        #expect(first == EnqueueSummary(read: 100, inserted: 100, requeued: 0, alreadyQueued: 0))
+
+        let again = try await enqueue(queue, Self.pairs(100) + Self.pairs(10))
+        #expect(again == EnqueueSummary(read: 110, inserted: 0, requeued: 0, alreadyQueued: 110))
+
+        let claimed = try await queue.claim(owner: "w1", limit: 10, lease: .seconds(60))
+        #expect(claimed.count == 10)
+        let whileRunning = try await enqueue(queue, claimed.map(\.pair))
+        #expect(whileRunning.alreadyQueued == 10)
+
+        let done = claimed.map {
+            Completion(item: $0, context: CommerceContext(customerNumber: "c", priceTier: nil, currencyCode: "USD"))
+        }
+        #expect(try await queue.complete(done, owner: "w1").written == 10)
+        let resync = try await enqueue(queue, claimed.map(\.pair))
+        #expect(resync == EnqueueSummary(read: 10, inserted: 0, requeued: 10, alreadyQueued: 0))
+        #expect(try await queue.exactCounts() == QueueCounts(pending: 100))
+    }
+
+    @Test("two concurrent claimers never receive the same row, over many rounds")
+    func concurrentClaimersNeverShareARow() async throws {
+        let queue = Queue(database: try TestDatabase.require())
+        for round in 0..<5 {
+            _ = try await enqueue(queue, Self.pairs(600, prefix: "round\(round)-"))
+            let claims = try await withThrowingTaskGroup(of: [Int64].self) { group in
+                for worker in 0..<6 {
+                    group.addTask {
+                        var mine: [Int64] = []
+                        while true {
+                            let batch = try await queue.claim(owner: "w\(worker)", limit: 17, lease: .seconds(60))
+                            if batch.isEmpty { return mine }
+                            mine += batch.map(\.id)
+                        }
+                    }
+                }
+                return try await group.reduce(into: [[Int64]]()) { $0.append($1) }
+            }
+            let all = claims.flatMap { $0 }
+            #expect(all.count == 600, "round \(round): every row claimed exactly once")
+            #expect(Set(all).count == all.count, "round \(round): no row handed to two claimers")
+            #expect(claims.filter { !$0.isEmpty }.count > 1, "round \(round): claimers really ran concurrently")
+            #expect(try await queue.exactCounts().running == Int64(600 * (round + 1)))
+        }
+    }
+
+    @Test("a row whose lease expired is reclaimed, and its stale owner can neither complete nor fail it")
+    func expiredLeaseIsReclaimedAndStaleOwnerIsFenced() async throws {
+        let queue = Queue(database: try TestDatabase.require())
+        _ = try await enqueue(queue, Self.pairs(5))
+        let stale = try await queue.claim(owner: "crashed", limit: 5, lease: .milliseconds(1))
+        #expect(stale.count == 5)
+        try await Task.sleep(for: .milliseconds(20))
+        let reclaimed = try await queue.claim(owner: "rescuer", limit: 10, lease: .seconds(60))
+        #expect(reclaimed.map(\.id) == stale.map(\.id))
+        #expect(reclaimed.allSatisfy { $0.attempt == 2 })
+
+        let context = CommerceContext(customerNumber: "STALE", priceTier: "STALE", currencyCode: "XXX")
+        let staleWrite = try await queue.complete(
+            stale.map { Completion(item: $0, context: context) },
+            owner: "crashed"
+        )
+        #expect(staleWrite.written == 0)
+        #expect(Set(staleWrite.staleIDs) == Set(stale.map(\.id)))
+        let staleFail = try await queue.fail(stale.map { Failure.permanent($0, reason: "stale") }, owner: "crashed")
+        #expect(staleFail.written == 0)
+        // Same owner name but the old attempt number is fenced as well.
+        let oldAttempt = try await queue.complete(
+            stale.map {
+                Completion(item: LeasedItem(id: $0.id, pair: $0.pair, attempt: 1, maxAttempts: 5), context: context)
+            },
+            owner: "rescuer"
+        )
+        #expect(oldAttempt.written == 0)
+
+        let good = CommerceContext(customerNumber: "C1", priceTier: nil, currencyCode: "EUR")
+        let fresh = try await queue.complete(reclaimed.map { Completion(item: $0, context: good) }, owner: "rescuer")
+        #expect(fresh.written == 5 && fresh.staleIDs.isEmpty)
+        let rows = try await contexts(queue)
+        #expect(rows.values.allSatisfy { $0 == good })
+    }
+
+    @Test("a reclaimed row that already used its last attempt is failed instead of handed out again")
+    func exhaustedExpiredLeaseFails() async throws {
+        let queue = Queue(database: try TestDatabase.require())
+        _ = try await enqueue(queue, Self.pairs(3), maxAttempts: 1)
+        _ = try await queue.claim(owner: "crashed", limit: 3, lease: .milliseconds(1))
+        try await Task.sleep(for: .milliseconds(20))
+        #expect(try await queue.claim(owner: "next", limit: 3, lease: .seconds(60)).isEmpty)
+        #expect(try await queue.exactCounts() == QueueCounts(failed: 3))
+    }
+
+    @Test("completion writes the context back, keeping API nulls distinct from not-enriched rows")
+    func completionWritesContextBack() async throws {
+        let database = try TestDatabase.require()
+        let queue = Queue(database: database)
+        _ = try await enqueue(queue, Self.pairs(3))
+        let items = try await queue.claim(owner: "w", limit: 2, lease: .seconds(60))
+        let contexts = [
+            CommerceContext(customerNumber: "CN-1", priceTier: "Wholesale", currencyCode: "USD"),
+            CommerceContext(customerNumber: nil, priceTier: nil, currencyCode: nil),
+        ]
+        let outcome = try await queue.complete(
+            zip(items, contexts).map { Completion(item: $0, context: $1) },
+            owner: "w"
+        )
+        #expect(outcome == WriteOutcome(written: 2))
+        let rows = try await database.client.query(
+            """
+            SELECT state, customer_number, price_tier, currency_code, enriched_at IS NOT NULL, lease_owner
+            FROM \(unescaped: "\"\(database.configuration.schema)\"").queue_items ORDER BY id
+            """
+        ).collect()
+        let decoded = try rows.map { try $0.decode((String, String?, String?, String?, Bool, String?).self) }
+        #expect(decoded[0] == ("done", "CN-1", "Wholesale", "USD", true, nil))
+        #expect(decoded[1] == ("done", nil, nil, nil, true, nil))
+        #expect(decoded[2] == ("pending", nil, nil, nil, false, nil))
+    }
+
+    @Test("retryable failures return to pending later; the last attempt and permanent failures end failed")
+    func failuresRetryThenFail() async throws {
+        let database = try TestDatabase.require()
+        let queue = Queue(database: database)
+        _ = try await enqueue(queue, Self.pairs(2), maxAttempts: 2)
+        var items = try await queue.claim(owner: "w", limit: 2, lease: .seconds(60))
+        let outcome = try await queue.fail(
+            [
+                Failure(item: items[0], reason: "HTTP 503", retryAfter: .milliseconds(300)),
+                .permanent(items[1], reason: "HTTP 400: malformed UserId"),
+            ],
+            owner: "w"
+        )
+        #expect(outcome.written == 2 && outcome.failedPermanently == 1)
+        #expect(
+            try await queue.claim(owner: "w", limit: 2, lease: .seconds(60)).isEmpty,
+            "not available before its delay"
+        )
+        try await Task.sleep(for: .milliseconds(400))
+        items = try await queue.claim(owner: "w", limit: 2, lease: .seconds(60))
+        #expect(items.count == 1 && items[0].attempt == 2)
+        let last = try await queue.fail(
+            [Failure(item: items[0], reason: "HTTP 503 again", retryAfter: .zero)],
+            owner: "w"
+        )
+        #expect(last.failedPermanently == 1, "second of two attempts used: failed for good")
+        #expect(try await queue.exactCounts() == QueueCounts(failed: 2))
+        let reasons = try await database.client.query(
+            "SELECT last_error FROM \(unescaped: "\"\(database.configuration.schema)\"").queue_items ORDER BY id"
+        ).collect().map { try $0.decode(String.self) }
+        #expect(reasons == ["HTTP 503 again", "HTTP 400: malformed UserId"])
+
+        #expect(try await queue.requeueFailed() == 2)
+        #expect(try await queue.exactCounts() == QueueCounts(pending: 2))
+    }
+
+    @Test("released rows go back to pending without spending the attempt")
+    func releaseRefundsTheAttempt() async throws {
+        let queue = Queue(database: try TestDatabase.require())
+        _ = try await enqueue(queue, Self.pairs(4))
+        let items = try await queue.claim(owner: "w", limit: 4, lease: .seconds(60))
+        #expect(try await queue.release(items, owner: "other").written == 0, "only the owner can release")
+        #expect(try await queue.release(items, owner: "w").written == 4)
+        let again = try await queue.claim(owner: "w", limit: 4, lease: .seconds(60))
+        #expect(again.allSatisfy { $0.attempt == 1 })
+        #expect(try await queue.extendLeases(owner: "w", lease: .seconds(120)) == 4)
+    }
+
+    @Test("trigger-maintained counts match a full count after a mix of operations and after compaction")
+    func countsMatchAFullScan() async throws {
+        let queue = Queue(database: try TestDatabase.require())
+        _ = try await enqueue(queue, Self.pairs(25_000))
+        let items = try await queue.claim(owner: "w", limit: 300, lease: .seconds(60))
+        _ = try await queue.complete(
+            items.prefix(100).map {
+                Completion(item: $0, context: CommerceContext(customerNumber: nil, priceTier: nil, currencyCode: nil))
+            },
+            owner: "w"
+        )
+        _ = try await queue.fail(items.dropFirst(100).prefix(50).map { .permanent($0, reason: "bad") }, owner: "w")
+        _ = try await queue.fail(
+            items.dropFirst(150).prefix(50).map { Failure(item: $0, reason: "503", retryAfter: .seconds(5)) },
+            owner: "w"
+        )
+        let expected = QueueCounts(pending: 24_750, running: 100, done: 100, failed: 50)
+        #expect(try await queue.exactCounts() == expected)
+        #expect(try await queue.counts() == expected)
+        try await queue.compactCounts()
+        #expect(try await queue.counts() == expected)
+    }
+
+    private func contexts(_ queue: Queue) async throws -> [Int64: CommerceContext] {
+        let rows = try await queue.database.client.query(
+            """
+            SELECT id, customer_number, price_tier, currency_code
+            FROM \(unescaped: "\"\(queue.database.configuration.schema)\"").queue_items WHERE state = 'done'
+            """
+        ).collect()
+        var result: [Int64: CommerceContext] = [:]
+        for row in rows {
+            let (id, customer, tier, currency) = try row.decode((Int64, String?, String?, String?).self)
+            result[id] = CommerceContext(customerNumber: customer, priceTier: tier, currencyCode: currency)
+        }
+        return result
+    }
+}
+
+/// Hands out pre-built chunks to `Queue.enqueue`'s producer closure.
+final class ChunkBox: Sendable {
+    private let chunks: Mutex<[[Pair]]>
+    init(_ chunks: [[Pair]]) { self.chunks = Mutex(chunks.reversed()) }
+    func next() -> [Pair]? { chunks.withLock { $0.popLast() } }
+}
