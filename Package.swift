@@ -55,7 +55,7 @@ let package = Package(
         // The one shared login token: single-flight login, refresh-ahead, login pacing.
         .target(
             name: "EnrichToken",
-            dependencies: ["NymbleAPI", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["NymbleAPI", "EnrichThrottle", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
         // Rate control: the adaptive (AIMD) throttle for 429s and retry backoff with full jitter.
@@ -74,7 +74,9 @@ let package = Package(
         .target(
             name: "NymbleSimulator",
             dependencies: [
+                "NymbleAPI",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings

@@ -63,20 +63,7 @@ public struct DatabaseOptions: ParsableArguments, Sendable {
 
     /// Sets up process-wide logging once and returns the root logger.
     public func makeLogger(label: String = "enrich", _ environment: Environment = Environment()) throws -> Logger {
-        let levelText = try logLevel ?? environment.value("ENRICH_LOG_LEVEL") ?? "info"
-        guard let level = Logger.Level(rawValue: levelText.lowercased()) else {
-            throw ConfigurationError(
-                "log level '\(levelText)' is not one of trace, debug, info, notice, warning, error, critical"
-            )
-        }
-        let formatText = try logFormat ?? environment.value("ENRICH_LOG_FORMAT") ?? "text"
-        guard let format = LogFormat(rawValue: formatText.lowercased()) else {
-            throw ConfigurationError("log format '\(formatText)' is not text or json")
-        }
-        LoggingSetup.bootstrap(format: format, level: level)
-        var logger = Logger(label: label)
-        logger.logLevel = level
-        return logger
+        try LoggingSetup.makeLogger(label: label, level: logLevel, format: logFormat, environment)
     }
 
     public func validate() throws {

@@ -11,7 +11,9 @@ public struct EnrichCommand: AsyncParsableCommand {
 
             \(EnrichExitCode.helpText)
             """,
-        subcommands: [MigrateCommand.self, EnqueueCommand.self, StatusCommand.self, RequeueCommand.self]
+        subcommands: [
+            MigrateCommand.self, EnqueueCommand.self, StatusCommand.self, RequeueCommand.self, SimulateCommand.self,
+        ]
     )
 
     public init() {}

@@ -11,6 +11,30 @@ public enum LogFormat: String, Sendable, CaseIterable {
 public enum LoggingSetup {
     private static let done = Mutex(false)
 
+    /// Resolves level and format from the flags, then `ENRICH_LOG_LEVEL` / `ENRICH_LOG_FORMAT`, bootstraps
+    /// logging and returns a logger.
+    public static func makeLogger(
+        label: String,
+        level: String?,
+        format: String?,
+        _ environment: Environment = Environment()
+    ) throws -> Logger {
+        let levelText = try level ?? environment.value("ENRICH_LOG_LEVEL") ?? "info"
+        guard let level = Logger.Level(rawValue: levelText.lowercased()) else {
+            throw ConfigurationError(
+                "log level '\(levelText)' is not one of trace, debug, info, notice, warning, error, critical"
+            )
+        }
+        let formatText = try format ?? environment.value("ENRICH_LOG_FORMAT") ?? "text"
+        guard let format = LogFormat(rawValue: formatText.lowercased()) else {
+            throw ConfigurationError("log format '\(formatText)' is not text or json")
+        }
+        bootstrap(format: format, level: level)
+        var logger = Logger(label: label)
+        logger.logLevel = level
+        return logger
+    }
+
     public static func bootstrap(format: LogFormat, level: Logger.Level) {
         let shouldBootstrap = done.withLock { done in
             defer { done = true }

@@ -209,6 +209,7 @@ public struct JobRuns: Sendable {
         )
     }
 
+    @discardableResult
     private func run<T>(_ operation: String, _ body: () async throws -> T) async throws -> T {
         do {
             return try await body()

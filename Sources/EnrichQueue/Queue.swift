@@ -204,7 +204,7 @@ public struct Queue: Sendable {
                     max_attempts = COALESCE(\(maxAttempts)::integer, item.max_attempts),
                     lease_owner = CASE WHEN decided.exhausted THEN NULL ELSE \(owner) END,
                     lease_expires_at = CASE WHEN decided.exhausted THEN NULL
-                        ELSE now() + make_interval(secs => \(lease.secondsValue)) END,
+                        ELSE now() + make_interval(secs => \(lease.intervalSeconds)) END,
                     last_error = CASE WHEN decided.exhausted
                         THEN 'lease expired after the last attempt (the worker holding it stopped or stalled)'
                         ELSE item.last_error END,
@@ -294,7 +294,7 @@ public struct Queue: Sendable {
         let attempts = failures.map(\.item.attempt)
         let reasons = failures.map { String($0.reason.prefix(2000)) }
         let permanent = failures.map { $0.retryAfter == nil }
-        let delays = failures.map { $0.retryAfter?.secondsValue ?? 0 }
+        let delays = failures.map { $0.retryAfter?.intervalSeconds ?? 0 }
         let rows = try await run("record failures") {
             try await database.client.query(
                 """
@@ -337,7 +337,7 @@ public struct Queue: Sendable {
                 """
                 UPDATE \(unescaped: schema).queue_items AS item SET
                     state = 'pending', attempts = GREATEST(item.attempts - 1, 0),
-                    available_at = now() + make_interval(secs => \(delay.secondsValue)),
+                    available_at = now() + make_interval(secs => \(delay.intervalSeconds)),
                     lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
                 FROM unnest(\(ids)::bigint[], \(attempts)::integer[]) AS held(id, attempt)
                 WHERE item.id = held.id AND item.attempts = held.attempt
@@ -358,7 +358,7 @@ public struct Queue: Sendable {
                 """
                 WITH extended AS (
                     UPDATE \(unescaped: schema).queue_items SET
-                        lease_expires_at = now() + make_interval(secs => \(lease.secondsValue))
+                        lease_expires_at = now() + make_interval(secs => \(lease.intervalSeconds))
                     WHERE state = 'running' AND lease_owner = \(owner) AND lease_expires_at > now()
                     RETURNING 1
                 )
@@ -452,6 +452,7 @@ public struct Queue: Sendable {
         return WriteOutcome(written: written.count, staleIDs: ids.filter { !written.contains($0) })
     }
 
+    @discardableResult
     private func run<T>(_ operation: String, _ body: () async throws -> T) async throws -> T {
         do {
             return try await body()
@@ -464,13 +465,5 @@ public struct Queue: Sendable {
         let error = unwrapTransactionError(error)
         if error is DatabaseError || error is InputError || error is CancellationError { return error }
         return DatabaseError.wrap(error, during: operation)
-    }
-}
-
-extension Duration {
-    /// The duration in (fractional) seconds.
-    public var secondsValue: Double {
-        let (seconds, attoseconds) = components
-        return Double(seconds) + Double(attoseconds) / 1e18
     }
 }

@@ -144,3 +144,11 @@ public struct QueueCounts: Sendable, Equatable, Codable {
         }
     }
 }
+
+extension Duration {
+    /// Seconds as a Double, for binding as `make_interval(secs => ...)`.
+    var intervalSeconds: Double {
+        let (seconds, attoseconds) = components
+        return Double(seconds) + Double(attoseconds) / 1e18
+    }
+}

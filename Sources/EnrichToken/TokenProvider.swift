@@ -1,0 +1,60 @@
+import NymbleAPI
+
+/// A token handed to a caller, tagged with the login that produced it so that a 401 can be matched to it.
+public struct IssuedToken: Sendable, Hashable {
+    public let token: AccessToken
+    /// Increases with every login; a rejection of an older generation is ignored.
+    public let generation: Int
+
+    public init(token: AccessToken, generation: Int) {
+        self.token = token
+        self.generation = generation
+    }
+}
+
+/// Where workers get the bearer token from. One implementation keeps it in memory for one process
+/// (``SharedTokenStore``); another could share it between processes through PostgreSQL behind the same
+/// interface.
+public protocol TokenProvider: Sendable {
+    /// A token that is valid now. Logs in when there is none (one login at a time, whoever asks).
+    func currentToken() async throws -> IssuedToken
+    /// Reports that the API answered 401 to `token`. Only the current token is invalidated, so any number
+    /// of callers reporting the same token cause a single re-login.
+    func tokenRejected(_ token: IssuedToken) async
+    /// Logins performed so far (for the job runs table and metrics).
+    func loginCount() async -> Int
+}
+
+/// The tuning of ``SharedTokenStore``.
+public struct TokenStoreConfiguration: Sendable {
+    /// Renew this long before `ExpiresIn` runs out. nil: the smaller of 5 minutes and 10% of the lifetime.
+    public var refreshMargin: Duration?
+    /// Logins allowed per ``loginWindow`` (the vendor's limit is 10 per minute per ClientId).
+    public var loginsPerWindow: Int
+    /// The sliding window of the login limit.
+    public var loginWindow: Duration
+    /// Login attempts on transient errors (5xx, timeouts) before giving up.
+    public var maximumLoginAttempts: Int
+    /// Longest wait honoured from a login 429's Retry-After.
+    public var maximumRetryAfter: Duration
+
+    public init(
+        refreshMargin: Duration? = nil,
+        loginsPerWindow: Int = 10,
+        loginWindow: Duration = .seconds(60),
+        maximumLoginAttempts: Int = 6,
+        maximumRetryAfter: Duration = .seconds(300)
+    ) {
+        self.refreshMargin = refreshMargin
+        self.loginsPerWindow = loginsPerWindow
+        self.loginWindow = loginWindow
+        self.maximumLoginAttempts = maximumLoginAttempts
+        self.maximumRetryAfter = maximumRetryAfter
+    }
+
+    /// The margin used for a token of this lifetime.
+    public func margin(forLifetime lifetime: Duration) -> Duration {
+        if let refreshMargin { return min(refreshMargin, lifetime / 2) }
+        return min(.seconds(300), lifetime / 10)
+    }
+}

@@ -1,3 +1,0 @@
-import NymbleAPI
-
-public enum Y2 {}

@@ -1,0 +1,272 @@
+import AsyncHTTPClient
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOSSL
+
+/// How the client talks to the API.
+public struct NymbleClientConfiguration: Sendable {
+    /// The API's base URL. Default: the vendor's production host.
+    public var baseURL: String
+    /// Upper bound of HTTP/1.1 connections to the API host; size it to the worker concurrency.
+    public var maximumConnections: Int
+    /// Time to establish a connection (TCP + TLS).
+    public var connectTimeout: Duration
+    /// Time for a whole request, from send to the last byte of the answer.
+    public var requestTimeout: Duration
+    /// Answers larger than this are rejected as undecodable instead of being buffered.
+    public var maximumResponseBytes: Int
+
+    public init(
+        baseURL: String = "https://api.achievemomentum.com",
+        maximumConnections: Int = 32,
+        connectTimeout: Duration = .seconds(5),
+        requestTimeout: Duration = .seconds(30),
+        maximumResponseBytes: Int = 64 * 1024
+    ) {
+        self.baseURL = baseURL
+        self.maximumConnections = maximumConnections
+        self.connectTimeout = connectTimeout
+        self.requestTimeout = requestTimeout
+        self.maximumResponseBytes = maximumResponseBytes
+    }
+}
+
+/// The Nymble Commerce API client: `login` and `access`, exactly as the contract describes them.
+///
+/// One client holds one `HTTPClient` (a keep-alive connection pool sized to the concurrency, TLS verified);
+/// create it with ``withClient(configuration:logger:_:)`` so that it is shut down with its scope.
+public struct NymbleClient: Sendable {
+    public let configuration: NymbleClientConfiguration
+    private let http: HTTPClient
+    private let logger: Logger
+    private let loginURL: String
+    private let accessURL: String
+
+    /// Runs `body` with a client whose connection pool is shut down when `body` returns.
+    public static func withClient<Result>(
+        configuration: NymbleClientConfiguration = .init(),
+        logger: Logger,
+        _ body: (NymbleClient) async throws -> Result
+    ) async throws -> Result {
+        var http = HTTPClient.Configuration()
+        http.tlsConfiguration = .makeClientConfiguration()
+        http.timeout = .init(connect: .init(configuration.connectTimeout), read: .init(configuration.requestTimeout))
+        http.connectionPool = .init(
+            idleTimeout: .seconds(60),
+            concurrentHTTP1ConnectionsPerHostSoftLimit: max(1, configuration.maximumConnections)
+        )
+        http.decompression = .disabled
+        http.redirectConfiguration = .disallow
+        return try await HTTPClient.withHTTPClient(configuration: http) { httpClient in
+            try await body(NymbleClient(configuration: configuration, http: httpClient, logger: logger))
+        }
+    }
+
+    init(configuration: NymbleClientConfiguration, http: HTTPClient, logger: Logger) {
+        self.configuration = configuration
+        self.http = http
+        self.logger = logger
+        let base =
+            configuration.baseURL.hasSuffix("/") ? String(configuration.baseURL.dropLast()) : configuration.baseURL
+        self.loginURL = base + "/api/auth/login"
+        self.accessURL = base + "/api/auth/access"
+    }
+
+    /// `POST /api/auth/login`.
+    ///
+    /// - Throws: ``NymbleAPIError`` — `.invalidCredentials` on 401, `.rateLimited` on 429 (with Retry-After),
+    ///   `.serverError`, `.transport` or `.undecodable` otherwise.
+    public func login(_ credentials: NymbleCredentials) async throws(NymbleAPIError) -> LoginGrant {
+        let body =
+            "{\"OrgCode\":\(JSONText.quoted(credentials.orgCode)),\"ClientId\":\(JSONText.quoted(credentials.clientId)),"
+            + "\"ClientSecret\":\(JSONText.quoted(credentials.clientSecret))}"
+        let (status, headers, bytes) = try await post(url: loginURL, endpoint: "login", body: body, bearer: nil)
+        switch status {
+        case 200:
+            struct Answer: Decodable {
+                let AccessToken: String
+                let TokenType: String
+                let ExpiresIn: Int64
+            }
+            guard let answer = try? JSONDecoder().decode(Answer.self, from: bytes), !answer.AccessToken.isEmpty,
+                answer.ExpiresIn > 0
+            else {
+                throw NymbleAPIError(
+                    .undecodable,
+                    endpoint: "login",
+                    status: status,
+                    detail: "the answer is not {AccessToken, TokenType, ExpiresIn > 0}"
+                )
+            }
+            return LoginGrant(
+                token: AccessToken(answer.AccessToken),
+                tokenType: answer.TokenType,
+                expiresIn: .seconds(answer.ExpiresIn)
+            )
+        case 401:
+            throw NymbleAPIError(
+                .invalidCredentials,
+                endpoint: "login",
+                status: status,
+                detail: "ClientId/ClientSecret rejected, or OrgCode \(credentials.orgCode) does not match them"
+            )
+        default:
+            throw Self.error(endpoint: "login", status: status, headers: headers, excerpt: nil)
+        }
+    }
+
+    /// `POST /api/auth/access` for one pair, with `Authorization: Bearer <token>`.
+    ///
+    /// - Throws: ``NymbleAPIError`` — `.unauthorized` on 401 (re-login), `.badRequest` on 400 (permanent),
+    ///   `.rateLimited` on 429 (with Retry-After), `.serverError` on 5xx, `.transport`, `.undecodable`.
+    public func access(
+        organizationId: String,
+        userId: String,
+        token: AccessToken
+    ) async throws(NymbleAPIError)
+        -> AccessAnswer
+    {
+        let body = "{\"OrganizationId\":\(JSONText.quoted(organizationId)),\"UserId\":\(JSONText.quoted(userId))}"
+        let (status, headers, bytes) = try await post(url: accessURL, endpoint: "access", body: body, bearer: token)
+        switch status {
+        case 200:
+            do {
+                return try JSONDecoder().decode(AccessAnswer.self, from: bytes)
+            } catch {
+                throw NymbleAPIError(
+                    .undecodable,
+                    endpoint: "access",
+                    status: status,
+                    detail: "the answer is not {CustomerNumber, PriceTier, CurrencyCode}"
+                )
+            }
+        case 401:
+            throw NymbleAPIError(
+                .unauthorized,
+                endpoint: "access",
+                status: status,
+                detail: "bearer token missing, expired or invalid"
+            )
+        default:
+            let excerpt = Self.excerpt(bytes, scrubbing: token.bearerValue)
+            throw Self.error(endpoint: "access", status: status, headers: headers, excerpt: excerpt)
+        }
+    }
+
+    private static func error(
+        endpoint: String,
+        status: Int,
+        headers: HTTPHeaders,
+        excerpt: String?
+    )
+        -> NymbleAPIError
+    {
+        let suffix = excerpt.map { $0.isEmpty ? "" : ": \($0)" } ?? ""
+        switch status {
+        case 400:
+            return NymbleAPIError(
+                .badRequest,
+                endpoint: endpoint,
+                status: status,
+                detail: "OrganizationId or UserId missing or malformed" + suffix
+            )
+        case 429:
+            let retryAfter = RetryAfter.parse(headers.first(name: "Retry-After"))
+            return NymbleAPIError(
+                .rateLimited,
+                endpoint: endpoint,
+                status: status,
+                retryAfter: retryAfter,
+                detail: retryAfter.map { "rate limited; Retry-After \($0)" } ?? "rate limited; no usable Retry-After"
+            )
+        case 500...599:
+            return NymbleAPIError(.serverError, endpoint: endpoint, status: status, detail: "server error" + suffix)
+        default:
+            return NymbleAPIError(
+                .unexpectedStatus,
+                endpoint: endpoint,
+                status: status,
+                detail: "unexpected status" + suffix
+            )
+        }
+    }
+
+    /// At most 200 characters of an error body, as text, with the token (if echoed) removed.
+    private static func excerpt(_ bytes: Data, scrubbing token: String) -> String {
+        let text = String(decoding: bytes.prefix(400), as: UTF8.self)
+            .replacingOccurrences(of: token, with: "<redacted>")
+            .replacingOccurrences(of: "\n", with: " ")
+        return String(text.prefix(200))
+    }
+
+    private func post(
+        url: String,
+        endpoint: String,
+        body: String,
+        bearer: AccessToken?
+    ) async throws(NymbleAPIError)
+        -> (Int, HTTPHeaders, Data)
+    {
+        var request = HTTPClientRequest(url: url)
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/json")
+        request.headers.add(name: "Accept", value: "application/json")
+        if let bearer { request.headers.add(name: "Authorization", value: "Bearer \(bearer.bearerValue)") }
+        request.body = .bytes(ByteBuffer(string: body))
+        do {
+            let response = try await http.execute(request, timeout: .init(configuration.requestTimeout), logger: logger)
+            let buffer = try await response.body.collect(upTo: configuration.maximumResponseBytes)
+            return (Int(response.status.code), response.headers, Data(buffer.readableBytesView))
+        } catch let error as NIOTooManyBytesError {
+            _ = error
+            throw NymbleAPIError(
+                .undecodable,
+                endpoint: endpoint,
+                detail: "the answer is larger than \(configuration.maximumResponseBytes) bytes"
+            )
+        } catch {
+            throw NymbleAPIError(.transport, endpoint: endpoint, detail: Self.describeTransport(error))
+        }
+    }
+
+    /// A short, secret-free name for a transport failure (AsyncHTTPClient and NIO errors carry no payload).
+    static func describeTransport(_ error: any Error) -> String {
+        if let error = error as? HTTPClientError {
+            switch error {
+            case .connectTimeout: return "connect timeout"
+            case .readTimeout: return "read timeout"
+            case .deadlineExceeded: return "request timeout"
+            case .remoteConnectionClosed: return "connection closed by the server"
+            case .cancelled: return "cancelled"
+            default: return "HTTP client error: \(error)"
+            }
+        }
+        if error is CancellationError { return "cancelled" }
+        return "\(type(of: error)): \(error)"
+    }
+}
+
+/// Minimal JSON string quoting for the request bodies (faster than JSONEncoder for two fields).
+enum JSONText {
+    static func quoted(_ text: String) -> String {
+        var result = "\""
+        result.reserveCapacity(text.utf8.count + 2)
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": result += "\\\""
+            case "\\": result += "\\\\"
+            case "\n": result += "\\n"
+            case "\r": result += "\\r"
+            case "\t": result += "\\t"
+            case let s where s.value < 0x20:
+                let hex = String(s.value, radix: 16)
+                result += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default: result.unicodeScalars.append(scalar)
+            }
+        }
+        result += "\""
+        return result
+    }
+}

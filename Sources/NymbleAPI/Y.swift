@@ -1,3 +1,0 @@
-import AsyncHTTPClient
-
-public enum Y {}

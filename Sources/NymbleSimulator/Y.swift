@@ -1,3 +1,0 @@
-import Hummingbird
-
-public enum Y5 {}

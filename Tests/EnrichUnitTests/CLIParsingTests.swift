@@ -1,0 +1,70 @@
+import ArgumentParser
+import Foundation
+import NymbleSimulator
+import Testing
+
+@testable import EnrichCLI
+
+@Suite("Command-line parsing")
+struct CLIParsingTests {
+    @Test("simulate reads flags first, then the environment, then defaults")
+    func simulateOptions() throws {
+        let command = try #require(
+            try EnrichCommand.parseAsRoot([
+                "simulate", "--rate", "300", "--retry-after", "http-date", "--latency", "20ms-80ms",
+            ])
+                as? SimulateCommand
+        )
+        let environment = Environment([
+            "ENRICH_SIM_RATE": "5", "ENRICH_SIM_ERROR_RATE": "0.1", "NYMBLE_CLIENT_ID": "abc",
+        ])
+        let configuration = try command.simulatorConfiguration(environment)
+        #expect(configuration.accessRate == 300)
+        #expect(configuration.retryAfterStyle == .httpDate)
+        #expect(configuration.latency == .init(minimum: .milliseconds(20), maximum: .milliseconds(80)))
+        #expect(configuration.serverErrorRate == 0.1)
+        #expect(configuration.clientId == "abc")
+        #expect(configuration.port == 8080)
+    }
+
+    @Test("simulate rejects a share outside 0...1 and an unknown Retry-After form")
+    func simulateValidation() throws {
+        let command = try #require(
+            try EnrichCommand.parseAsRoot(["simulate", "--error-rate", "1.5"]) as? SimulateCommand
+        )
+        #expect(throws: ValidationError.self) { try command.simulatorConfiguration(Environment([:])) }
+        let other = try #require(try EnrichCommand.parseAsRoot(["simulate"]) as? SimulateCommand)
+        #expect(throws: ValidationError.self) {
+            try other.simulatorConfiguration(Environment(["ENRICH_SIM_RETRY_AFTER": "later"]))
+        }
+    }
+
+    @Test("a malformed environment variable is named in the error")
+    func environmentErrorsNameTheVariable() {
+        let error = #expect(throws: ConfigurationError.self) {
+            try Environment(["ENRICH_DB_CONNECTIONS": "many"]).parsed("ENRICH_DB_CONNECTIONS", as: Int.self)
+        }
+        #expect(error?.description.contains("ENRICH_DB_CONNECTIONS") == true)
+    }
+
+    @Test("NAME_FILE supplies a secret when NAME is unset")
+    func fileSecrets() throws {
+        let path = "/tmp/enrich-test-secret-\(UInt32.random(in: 0...UInt32.max))"
+        try "postgres://u:pw@h/db\n".write(toFile: path, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        #expect(try Environment(["DATABASE_URL_FILE": path]).value("DATABASE_URL") == "postgres://u:pw@h/db")
+        #expect(try Environment(["DATABASE_URL": "x", "DATABASE_URL_FILE": path]).value("DATABASE_URL") == "x")
+        #expect(throws: ConfigurationError.self) {
+            try Environment(["DATABASE_URL_FILE": "/nonexistent"]).value("DATABASE_URL")
+        }
+    }
+
+    @Test("enqueue needs exactly one source")
+    func enqueueSources() {
+        #expect(throws: (any Error).self) { try EnrichCommand.parseAsRoot(["enqueue"]) }
+        #expect(throws: (any Error).self) {
+            try EnrichCommand.parseAsRoot(["enqueue", "a.csv", "--from-sql", "SELECT 1, 2"])
+        }
+        #expect(throws: Never.self) { try EnrichCommand.parseAsRoot(["enqueue", "-"]) }
+    }
+}
