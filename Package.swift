@@ -59,7 +59,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         // Rate control: the adaptive (AIMD) throttle for 429s and retry backoff with full jitter.
-        .target(name: "EnrichThrottle", dependencies: [], swiftSettings: swiftSettings),
+        .target(
+            name: "EnrichThrottle",
+            dependencies: [.product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
         // The pipeline: claim -> call -> write back, in a bounded task group.
         .target(
             name: "EnrichWorker",

@@ -1,6 +1,6 @@
 /// enrich's schema history. Append new migrations; never edit an applied one.
 enum Migrations {
-    static let all: [Migration] = [initialSchema]
+    static let all: [Migration] = [initialSchema, newWorkNotifications]
 
     /// Version 1: the queue, its per-state counters, and the job runs (status) table.
     static let initialSchema = Migration(
@@ -151,6 +151,33 @@ enum Migrations {
             """
             COMMENT ON TABLE {schema}.job_runs IS
                 'One row per enrich run: who ran it, its state, heartbeat and counters (the job status table)'
+            """,
+        ]
+    )
+
+    /// Version 2: `NOTIFY enrich_<schema>` when rows become pending, so `enrich run --follow` wakes at once.
+    static let newWorkNotifications = Migration(
+        version: 2,
+        name: "notify workers of new pending rows",
+        statements: [
+            """
+            CREATE FUNCTION {schema}.queue_notify_pending() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF EXISTS (SELECT 1 FROM new_rows WHERE state = 'pending') THEN
+                    PERFORM pg_notify('enrich_' || TG_TABLE_SCHEMA, '');
+                END IF;
+                RETURN NULL;
+            END $$
+            """,
+            """
+            CREATE TRIGGER queue_notify_insert AFTER INSERT ON {schema}.queue_items
+                REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
+                EXECUTE FUNCTION {schema}.queue_notify_pending()
+            """,
+            """
+            CREATE TRIGGER queue_notify_update AFTER UPDATE ON {schema}.queue_items
+                REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
+                EXECUTE FUNCTION {schema}.queue_notify_pending()
             """,
         ]
     )

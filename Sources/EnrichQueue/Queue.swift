@@ -467,3 +467,33 @@ public struct Queue: Sendable {
         return DatabaseError.wrap(error, during: operation)
     }
 }
+
+extension Queue {
+    /// The LISTEN/NOTIFY channel on which new pending rows are announced.
+    public var notificationChannel: String { "enrich_" + database.configuration.schema }
+
+    /// When the next `pending` row becomes available: nil if there is none, `.zero` if one is available now.
+    public func nextAvailableDelay() async throws -> Duration? {
+        let rows = try await database.client.query(
+            """
+            SELECT (CASE WHEN count(*) = 0 THEN NULL
+                ELSE GREATEST(0, EXTRACT(EPOCH FROM (min(available_at) - now()))) END)::float8
+            FROM \(unescaped: schema).queue_items WHERE state = 'pending'
+            """,
+            logger: logger
+        ).collect()
+        guard let seconds = try rows.first?.decode(Double?.self) else { return nil }
+        return .milliseconds(Int64((seconds * 1000).rounded(.up)))
+    }
+
+    /// Runs `onNotification` for every announcement of new pending rows until the task is cancelled.
+    /// Holds one pooled connection for as long as it listens.
+    public func listenForNewWork(_ onNotification: @Sendable () -> Void) async throws {
+        let channel = notificationChannel
+        try await database.client.withConnection { connection in
+            try await connection.listen(on: channel) { notifications in
+                for try await _ in notifications { onNotification() }
+            }
+        }
+    }
+}

@@ -231,3 +231,26 @@ final class ChunkBox: Sendable {
     init(_ chunks: [[Pair]]) { self.chunks = Mutex(chunks.reversed()) }
     func next() -> [Pair]? { chunks.withLock { $0.popLast() } }
 }
+
+@Suite("New-work notifications", .freshSchema, .timeLimit(.minutes(1)))
+struct NewWorkNotificationTests {
+    @Test("enqueuing announces new pending rows on the schema's channel; the next available time is reported")
+    func enqueueNotifies() async throws {
+        let queue = Queue(database: try TestDatabase.require())
+        #expect(try await queue.nextAvailableDelay() == nil)
+        let (signals, continuation) = AsyncStream.makeStream(of: Void.self)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await queue.listenForNewWork { continuation.yield() } }
+            // LISTEN is in place once a notification sent afterwards arrives: keep enqueuing until one does.
+            var iterator = signals.makeAsyncIterator()
+            let box = ChunkBox([[Pair(organizationId: "o", userId: "u1")]])
+            _ = try await queue.enqueue { box.next() }
+            try await Task.sleep(for: .milliseconds(200))
+            let retry = ChunkBox([[Pair(organizationId: "o", userId: "u2")]])
+            _ = try await queue.enqueue { retry.next() }
+            #expect(await iterator.next() != nil)
+            group.cancelAll()
+        }
+        #expect(try await queue.nextAvailableDelay() == .zero)
+    }
+}

@@ -1,0 +1,136 @@
+import EnrichThrottle
+import Logging
+import Synchronization
+import Testing
+
+@Suite("Adaptive rate controller (pure)")
+struct AdaptiveRateControllerTests {
+    typealias Instant = ManualClock.Instant
+    func at(_ seconds: Double) -> Instant { Instant(offset: .seconds(seconds)) }
+
+    /// Records `rate` accepted calls per second between `from` and `to`.
+    func accept(_ controller: inout AdaptiveRateController<Instant>, rate: Int, from: Double, to: Double) {
+        var time = from
+        while time < to {
+            controller.recordAccepted(now: at(time))
+            time += 1 / Double(rate)
+        }
+    }
+
+    @Test("unlimited until the first 429, then just under the accepted rate; one cut per congestion event")
+    func decreaseOnThrottle() throws {
+        var controller = AdaptiveRateController<Instant>()
+        let initial = controller.currentRate(now: at(0))
+        #expect(initial == nil)
+        accept(&controller, rate: 300, from: 0, to: 2)
+        let cut = controller.recordThrottled(sentAt: at(1.999), now: at(2))
+        #expect(cut)
+        let measured = controller.currentRate(now: at(2))
+        let rate = try #require(measured)
+        #expect(abs(rate - 270) < 10, "0.9 x the ~300/s the server accepted")
+        let again = controller.recordThrottled(sentAt: at(1.9995), now: at(2.001))
+        #expect(!again, "same event: ignored")
+        let afterRate = controller.currentRate(now: at(2.001))
+        let after = try #require(afterRate)
+        #expect(abs(after - rate) < 1)
+    }
+
+    @Test("recovers half the gap per recovery time, then probes slowly above the ceiling")
+    func recoveryThenProbe() throws {
+        var controller = AdaptiveRateController<Instant>()
+        accept(&controller, rate: 300, from: 0, to: 2)
+        controller.recordThrottled(sentAt: at(2), now: at(2))
+        let startRate = controller.currentRate(now: at(2))
+        let start = try #require(startRate)
+        let ceiling = try #require(controller.ceiling)
+        let afterOneRate = controller.currentRate(now: at(3))
+        let afterOne = try #require(afterOneRate)
+        #expect(abs((ceiling - afterOne) - (ceiling - start) / 2) < 1)
+        let laterRate = controller.currentRate(now: at(30))
+        let later = try #require(laterRate)
+        #expect(later >= ceiling * 0.99 && later < ceiling * 1.2, "settles near the ceiling, probing slowly")
+    }
+
+    @Test("repeated events in quick succession cut deeper")
+    func repeatedEventsCutDeeper() throws {
+        var controller = AdaptiveRateController<Instant>()
+        accept(&controller, rate: 200, from: 0, to: 1)
+        controller.recordThrottled(sentAt: at(1), now: at(1))
+        let firstRate = controller.currentRate(now: at(1))
+        let first = try #require(firstRate)
+        controller.recordThrottled(sentAt: at(1.1), now: at(1.1))
+        let secondRate = controller.currentRate(now: at(1.1))
+        let second = try #require(secondRate)
+        #expect(second < first * 0.95)
+    }
+
+    @Test("a known ceiling (--rate) is the starting rate and is never exceeded")
+    func knownCeiling() {
+        var controller = AdaptiveRateController<Instant>(configuration: .init(maximumRate: 100))
+        let initial = controller.currentRate(now: at(0))
+        #expect(initial == 100)
+        accept(&controller, rate: 100, from: 0, to: 5)
+        let later = controller.currentRate(now: at(600))
+        #expect(later == 100)
+    }
+}
+
+@Suite("Throttle (manual clock)", .timeLimit(.minutes(1)))
+struct ThrottleTests {
+    let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+
+    @Test("a 429 with Retry-After pauses every caller until it has passed, then paces them")
+    func pauseAll() async throws {
+        let clock = ManualClock()
+        let throttle = Throttle(clock: clock, logger: logger)
+        let sent = try await throttle.acquire()
+        await throttle.throttled(sentAt: sent, retryAfter: .seconds(5))
+        let released = Counter()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<4 {
+                group.addTask {
+                    _ = try await throttle.acquire()
+                    released.increment()
+                }
+            }
+            await clock.waitForSleepers(4)
+            clock.advance(by: .seconds(4))
+            for _ in 0..<20 { await Task.yield() }
+            #expect(released.value == 0, "still paused at 4 s")
+            // After the pause the callers proceed, paced at the lowered rate.
+            await clock.drive { released.value == 4 }
+            try await group.waitForAll()
+        }
+        #expect(released.value == 4)
+        #expect(await throttle.throttledCount == 1)
+    }
+
+    @Test("slots are spaced at the configured rate")
+    func pacing() async throws {
+        let clock = ManualClock()
+        let throttle = Throttle(configuration: .init(controller: .init(maximumRate: 10)), clock: clock, logger: logger)
+        let finished = Mutex(false)
+        let times = Mutex<[Duration]>([])
+        let driver = Task {
+            defer { finished.withLock { $0 = true } }
+            for _ in 0..<5 {
+                let sent = try await throttle.acquire()
+                times.withLock { $0.append(sent.offset) }
+            }
+        }
+        await clock.drive { finished.withLock { $0 } }
+        try await driver.value
+        #expect(
+            times.withLock { $0 } == [
+                .zero, .milliseconds(100), .milliseconds(200), .milliseconds(300), .milliseconds(400),
+            ]
+        )
+    }
+}
+
+/// A counter shared with child tasks.
+final class Counter: Sendable {
+    private let count = Mutex(0)
+    func increment() { count.withLock { $0 += 1 } }
+    var value: Int { count.withLock { $0 } }
+}
