@@ -82,7 +82,7 @@ struct SharedTokenStoreTests {
         let store = makeStore(login)
         let tokens = try await withThrowingTaskGroup(of: IssuedToken.self) { group in
             for _ in 0..<256 { group.addTask { try await store.currentToken() } }
-            while !login.isHeld { await Task.yield() }
+            while !login.isHeld && !Task.isCancelled { await Task.yield() }
             // Let every caller reach the store while the one login is held open.
             for _ in 0..<50 { await Task.yield() }
             login.release()
@@ -106,7 +106,7 @@ struct SharedTokenStoreTests {
         clock.advance(by: .seconds(2))  // t = 91 s: inside the margin
         login.holdNext()
         async let renewing = store.currentToken()
-        while !login.isHeld { await Task.yield() }
+        while !login.isHeld && !Task.isCancelled { await Task.yield() }
         #expect(try await store.currentToken() == first, "others keep the old, still valid token during renewal")
         login.release()
         let second = try await renewing

@@ -74,13 +74,14 @@ final class ManualClock: Clock, Sendable {
 
     /// Runs time forward, one sleeper's deadline at a time, until `done()` holds (yielding, never sleeping).
     func drive(until done: () -> Bool) async {
-        while !done() {
+        // Cancellation (e.g. by a test's time limit) ends the loop instead of spinning forever.
+        while !done() && !Task.isCancelled {
             if sleeperCount > 0 { advanceToNextDeadline() } else { await Task.yield() }
         }
     }
 
     /// Waits (by yielding, not sleeping) until `count` tasks sleep on this clock.
     func waitForSleepers(_ count: Int = 1) async {
-        while sleeperCount < count { await Task.yield() }
+        while sleeperCount < count && !Task.isCancelled { await Task.yield() }
     }
 }
