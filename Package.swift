@@ -27,7 +27,7 @@ let package = Package(
         .target(
             name: "EnrichCLI",
             dependencies: [
-                "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "EnrichWorker", "NymbleSimulator",
+                "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "NymbleSimulator",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -64,16 +64,6 @@ let package = Package(
             dependencies: [.product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
-        // The pipeline: claim -> call -> write back, in a bounded task group.
-        .target(
-            name: "EnrichWorker",
-            dependencies: [
-                "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle",
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            ],
-            swiftSettings: swiftSettings
-        ),
         // A faithful simulator of the Nymble API (Hummingbird), used by tests, the demo and benchmarks.
         .target(
             name: "NymbleSimulator",
@@ -95,7 +85,7 @@ let package = Package(
         .testTarget(
             name: "EnrichIntegrationTests",
             dependencies: [
-                "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "EnrichWorker", "NymbleSimulator",
+                "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "NymbleSimulator",
                 "EnrichCLI",
             ],
             swiftSettings: swiftSettings

@@ -1,4 +1,0 @@
-import EnrichQueue
-import ServiceLifecycle
-
-public enum Y4 {}
