@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NymbleAPI
 import Synchronization
 
 /// Log output formats for `--log-format`.
@@ -73,27 +74,11 @@ public struct JSONLogHandler: LogHandler {
         if let provided = metadataProvider?.get() { merged.merge(provided) { _, new in new } }
         if let extra = event.metadata { merged.merge(extra) { _, new in new } }
         var line = "{\"ts\":\"\(Date().formatted(.iso8601))\",\"level\":\"\(event.level)\""
-        line += ",\"label\":" + Self.quoted(label) + ",\"msg\":" + Self.quoted("\(event.message)")
+        line += ",\"label\":" + JSONText.quoted(label) + ",\"msg\":" + JSONText.quoted("\(event.message)")
         for key in merged.keys.sorted() {
-            line += "," + Self.quoted(key) + ":" + Self.quoted("\(merged[key]!)")
+            line += "," + JSONText.quoted(key) + ":" + JSONText.quoted("\(merged[key]!)")
         }
         line += "}\n"
         Self.output.withLock { _ in FileHandle.standardError.write(Data(line.utf8)) }
-    }
-
-    static func quoted(_ text: String) -> String {
-        var result = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": result += "\\\""
-            case "\\": result += "\\\\"
-            case "\n": result += "\\n"
-            case "\r": result += "\\r"
-            case "\t": result += "\\t"
-            case let s where s.value < 0x20: result += String(format: "\\u%04x", s.value)
-            default: result.unicodeScalars.append(scalar)
-            }
-        }
-        return result + "\""
     }
 }

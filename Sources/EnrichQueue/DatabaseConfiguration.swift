@@ -138,17 +138,10 @@ public struct DatabaseConfiguration: Sendable, CustomStringConvertible {
     }
 
     private var tls: PostgresClient.Configuration.TLS {
-        var unverified = TLSConfiguration.makeClientConfiguration()
-        unverified.certificateVerification = .none
         switch sslMode {
         case "disable": return .disable
-        case "allow", "prefer": return .prefer(unverified)
-        case "require": return .require(unverified)
-        case "verify-ca":
-            var config = TLSConfiguration.makeClientConfiguration()
-            config.certificateVerification = .noHostnameVerification
-            return .require(config)
-        default: return .require(.makeClientConfiguration())
+        case "allow", "prefer": return .prefer(tlsConfiguration)
+        default: return .require(tlsConfiguration)
         }
     }
 }

@@ -1,3 +1,5 @@
+import Foundation
+
 /// The send-rate controller behind ``Throttle``: additive-increase / multiplicative-decrease with a
 /// remembered ceiling, in the spirit of the AWS SDKs' adaptive retry mode (CUBIC-like recovery).
 ///
@@ -106,8 +108,8 @@ public struct AdaptiveRateController<Instant: InstantProtocol>: Sendable where I
         var total = 0
         for slot in slots where slot.number > current - slots.count && slot.number <= current { total += slot.count }
         // The current slot is only partly elapsed: divide by the time really covered.
-        let slotLength = configuration.measurementWindow.seconds / Double(slots.count)
-        let elapsedInCurrent = (origin.map { $0.duration(to: now).seconds } ?? 0) / slotLength - Double(current)
+        let slotLength = configuration.measurementWindow.secondsValue / Double(slots.count)
+        let elapsedInCurrent = (origin.map { $0.duration(to: now).secondsValue } ?? 0) / slotLength - Double(current)
         let covered = (Double(slots.count - 1) + max(0, min(1, elapsedInCurrent))) * slotLength
         return Double(total) / max(covered, slotLength)
     }
@@ -115,11 +117,11 @@ public struct AdaptiveRateController<Instant: InstantProtocol>: Sendable where I
     private mutating func grow(now: Instant) {
         defer { lastUpdate = now }
         guard let rate, let lastUpdate else { return }
-        let elapsed = lastUpdate.duration(to: now).seconds
+        let elapsed = lastUpdate.duration(to: now).secondsValue
         guard elapsed > 0 else { return }
         var next = rate
         if let ceiling, rate < ceiling {
-            let keep = pow2(-elapsed / configuration.recoveryTime.seconds)
+            let keep = exp2(-elapsed / configuration.recoveryTime.secondsValue)
             next = ceiling - (ceiling - rate) * keep
         } else {
             next = rate * (1 + configuration.probeGrowth * elapsed)
@@ -136,31 +138,7 @@ public struct AdaptiveRateController<Instant: InstantProtocol>: Sendable where I
     private mutating func slotNumber(_ now: Instant) -> Int {
         let origin = self.origin ?? now
         self.origin = origin
-        let slotLength = configuration.measurementWindow.seconds / Double(slots.count)
-        return max(0, Int((origin.duration(to: now).seconds / slotLength).rounded(.down)))
+        let slotLength = configuration.measurementWindow.secondsValue / Double(slots.count)
+        return max(0, Int((origin.duration(to: now).secondsValue / slotLength).rounded(.down)))
     }
-
-    private func pow2(_ exponent: Double) -> Double {
-        // 2^x without Foundation.
-        var result = 1.0
-        var x = exponent
-        if x < 0 { return 1 / pow2(-x) }
-        while x >= 1 {
-            result *= 2
-            x -= 1
-        }
-        // exp(x ln2) by a short series for the fractional part.
-        let y = x * 0.693_147_180_559_945_3
-        var term = 1.0
-        var sum = 1.0
-        for n in 1..<12 {
-            term *= y / Double(n)
-            sum += term
-        }
-        return result * sum
-    }
-}
-
-extension Duration {
-    var seconds: Double { secondsValue }
 }

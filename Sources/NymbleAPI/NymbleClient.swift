@@ -248,9 +248,10 @@ public struct NymbleClient: Sendable {
     }
 }
 
-/// Minimal JSON string quoting for the request bodies (faster than JSONEncoder for two fields).
-enum JSONText {
-    static func quoted(_ text: String) -> String {
+/// Minimal JSON string quoting, for request bodies (faster than JSONEncoder for two fields) and log lines.
+public enum JSONText {
+    /// `text` as a JSON string literal, quotes included.
+    public static func quoted(_ text: String) -> String {
         var result = "\""
         result.reserveCapacity(text.utf8.count + 2)
         for scalar in text.unicodeScalars {
