@@ -27,8 +27,18 @@ let package = Package(
         .target(
             name: "EnrichCLI",
             dependencies: [
-                "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "NymbleSimulator",
+                "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "EnrichWorker", "NymbleSimulator",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The pipeline: claim rows, call /access from a bounded task group, write results back in batches.
+        .target(
+            name: "EnrichWorker",
+            dependencies: [
+                "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -78,14 +88,14 @@ let package = Package(
         // Pure logic, no I/O: injected clocks, no database, no network.
         .testTarget(
             name: "EnrichUnitTests",
-            dependencies: ["EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "EnrichCLI"],
+            dependencies: ["EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "EnrichWorker", "EnrichCLI"],
             swiftSettings: swiftSettings
         ),
         // Real PostgreSQL and the simulator over loopback HTTP.
         .testTarget(
             name: "EnrichIntegrationTests",
             dependencies: [
-                "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "NymbleSimulator",
+                "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "EnrichWorker", "NymbleSimulator",
                 "EnrichCLI",
             ],
             swiftSettings: swiftSettings

@@ -12,7 +12,8 @@ public struct EnrichCommand: AsyncParsableCommand {
             \(EnrichExitCode.helpText)
             """,
         subcommands: [
-            MigrateCommand.self, EnqueueCommand.self, StatusCommand.self, RequeueCommand.self, SimulateCommand.self,
+            MigrateCommand.self, EnqueueCommand.self, RunCommand.self, StatusCommand.self, RequeueCommand.self,
+            SimulateCommand.self,
         ]
     )
 

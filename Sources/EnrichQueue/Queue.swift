@@ -151,7 +151,7 @@ public struct Queue: Sendable {
                 """,
             binds: source.binds
         )
-        try query.binds.append(maxAttempts, context: .default)
+        query.binds.append(maxAttempts, context: .default)
         let row = try await connection.query(query, logger: logger).collect().first
         guard let row else { return (0, 0) }
         let (inserted, requeued) = try row.decode((Int64, Int64).self)
@@ -479,6 +479,25 @@ extension Queue {
             SELECT (CASE WHEN count(*) = 0 THEN NULL
                 ELSE GREATEST(0, EXTRACT(EPOCH FROM (min(available_at) - now()))) END)::float8
             FROM \(unescaped: schema).queue_items WHERE state = 'pending'
+            """,
+            logger: logger
+        ).collect()
+        guard let seconds = try rows.first?.decode(Double?.self) else { return nil }
+        return .milliseconds(Int64((seconds * 1000).rounded(.up)))
+    }
+
+    /// When the queue may next have work for a claimer: the earliest of the next `pending` row's available
+    /// time and the next `running` row's lease expiry (a crashed worker's rows are reclaimed then). nil when
+    /// no row is pending or running: the queue is settled. Both minimums come from partial indexes.
+    public func nextWorkDelay() async throws -> Duration? {
+        let rows = try await database.client.query(
+            """
+            SELECT (CASE WHEN next IS NULL THEN NULL
+                ELSE GREATEST(0, EXTRACT(EPOCH FROM (next - now()))) END)::float8
+            FROM (SELECT least(
+                (SELECT min(available_at) FROM \(unescaped: schema).queue_items WHERE state = 'pending'),
+                (SELECT min(lease_expires_at) FROM \(unescaped: schema).queue_items WHERE state = 'running')
+            ) AS next) AS soonest
             """,
             logger: logger
         ).collect()

@@ -1,17 +1,22 @@
 import Foundation
 
 /// The send-rate controller behind ``Throttle``: additive-increase / multiplicative-decrease with a
-/// remembered ceiling, in the spirit of the AWS SDKs' adaptive retry mode (CUBIC-like recovery).
+/// remembered ceiling, in the spirit of the AWS SDKs' adaptive retry mode and CUBIC's plateau.
 ///
 /// - Before the first 429 (and without a configured ceiling) the rate is unlimited: only the concurrency
 ///   bounds the calls.
-/// - On a 429, the rate the server actually accepted over the last second becomes the `ceiling` estimate,
-///   and the send rate drops to `decrease × ceiling`. 429s for calls sent before that decrease belong to
-///   the same congestion event and are ignored, so a burst of 429s cuts the rate once, not 32 times.
-///   Repeated events in quick succession cut deeper (`decrease²`, ...).
-/// - While below the ceiling the rate climbs back quickly (half the gap per `recoveryTime`); at or above it,
-///   it probes upward slowly (`probeGrowth` per second), so it settles just under the server's unknown
-///   limit instead of oscillating into 429 storms.
+/// - On a 429 (a congestion event) the `ceiling` becomes the level that was too much: the rate the server
+///   accepted over the last second when sending was unlimited; when paced, the lower of the paced rate and
+///   the rate accepted since the last pause ended (time spent paused would depress the measure). The
+///   send rate drops to
+///   `decrease × ceiling`. 429s for calls sent before that decrease belong to the same event and are
+///   ignored, so a burst of 429s cuts the rate once, not 32 times. Events in quick succession (the rate
+///   is still far above the limit) cut deeper: `decrease²`, `decrease³`, ... (at most halving).
+/// - Below `settle × ceiling` the rate climbs back quickly (half the gap per `recoveryTime`) and then holds
+///   there, just under the limit. Only after `probeDelay` without a 429 does it probe upward: slowly at
+///   first (`probeGrowth` per second), doubling the growth every 10 s of probing, so a limit that was raised
+///   (or a ceiling that was underestimated) is found within a minute or two. So it settles just under the
+///   server's unknown limit instead of oscillating into 429s (each of which costs a Retry-After pause).
 /// - With a known `maximumRate` (`--rate`), the rate starts there and never exceeds it.
 ///
 /// Pure state: instants are passed in, so it is tested without a clock.
@@ -23,9 +28,13 @@ public struct AdaptiveRateController<Instant: InstantProtocol>: Sendable where I
         public var minimumRate: Double
         /// Share of the measured ceiling to fall back to on a 429 (0 < decrease < 1).
         public var decrease: Double
-        /// Relative growth per second when probing above the ceiling.
+        /// Share of the ceiling to settle at after recovering (0 < settle <= 1).
+        public var settle: Double
+        /// Relative growth per second when probing above the settled rate begins (doubles every 10 s).
         public var probeGrowth: Double
-        /// Time to recover half of the gap to the ceiling after a decrease.
+        /// Time without a 429 before probing above the settled rate begins.
+        public var probeDelay: Duration
+        /// Time to recover half of the gap to the settled rate after a decrease.
         public var recoveryTime: Duration
         /// Window over which the accepted rate is measured.
         public var measurementWindow: Duration
@@ -34,14 +43,18 @@ public struct AdaptiveRateController<Instant: InstantProtocol>: Sendable where I
             maximumRate: Double? = nil,
             minimumRate: Double = 1,
             decrease: Double = 0.9,
-            probeGrowth: Double = 0.01,
+            settle: Double = 0.97,
+            probeGrowth: Double = 0.005,
+            probeDelay: Duration = .seconds(20),
             recoveryTime: Duration = .seconds(1),
             measurementWindow: Duration = .seconds(1)
         ) {
             self.maximumRate = maximumRate
             self.minimumRate = minimumRate
             self.decrease = decrease
+            self.settle = settle
             self.probeGrowth = probeGrowth
+            self.probeDelay = probeDelay
             self.recoveryTime = recoveryTime
             self.measurementWindow = measurementWindow
         }
@@ -50,7 +63,7 @@ public struct AdaptiveRateController<Instant: InstantProtocol>: Sendable where I
     public let configuration: Configuration
     /// The current send rate in requests per second; nil = unlimited.
     public private(set) var rate: Double?
-    /// The accepted rate measured at the last 429.
+    /// The level found too much at the last 429.
     public private(set) var ceiling: Double?
     private var lastUpdate: Instant?
     private var lastDecrease: Instant?
@@ -80,26 +93,38 @@ public struct AdaptiveRateController<Instant: InstantProtocol>: Sendable where I
         } else {
             slots[index] = (number, 1)
         }
-        if let lastDecrease, lastDecrease.duration(to: now) > configuration.recoveryTime * 4 { consecutiveEvents = 0 }
     }
 
     /// A call sent at `sentAt` was answered 429 at `now`. Returns true when this lowered the rate (a new
     /// congestion event), false when it belongs to an event already handled.
     @discardableResult
-    public mutating func recordThrottled(sentAt: Instant, now: Instant) -> Bool {
+    public mutating func recordThrottled(sentAt: Instant, now: Instant, activeSince: Instant? = nil) -> Bool {
         if let lastDecrease, sentAt < lastDecrease { return false }
         grow(now: now)
-        let accepted = acceptedRate(now: now)
+        var level = rate ?? max(acceptedRate(now: now), configuration.minimumRate)
+        if rate != nil, let activeSince, activeSince.duration(to: now) >= configuration.measurementWindow / 4 {
+            level = max(min(level, acceptedRate(now: now, since: activeSince)), configuration.minimumRate)
+        }
+        if let lastDecrease, lastDecrease.duration(to: now) > configuration.recoveryTime * 4 { consecutiveEvents = 0 }
         consecutiveEvents += 1
-        let measured = max(accepted, configuration.minimumRate)
-        let base = min(rate ?? measured, measured)
-        ceiling = measured
-        var factor = configuration.decrease
-        for _ in 1..<consecutiveEvents { factor *= configuration.decrease }
-        rate = clamp(base * max(factor, 0.3))
+        ceiling = level
+        let factor = pow(configuration.decrease, Double(min(consecutiveEvents, 8)))
+        rate = clamp(level * max(factor, 0.5))
         lastDecrease = now
         lastUpdate = now
         return true
+    }
+
+    /// Calls accepted per second between `since` and `now` (at most the measurement window).
+    public mutating func acceptedRate(now: Instant, since: Instant) -> Double {
+        let seconds = since.duration(to: now).secondsValue
+        let window = configuration.measurementWindow.secondsValue
+        guard seconds > 0, seconds < window else { return acceptedRate(now: now) }
+        let current = slotNumber(now)
+        let first = slotNumber(since)
+        var total = 0
+        for slot in slots where slot.number >= first && slot.number <= current { total += slot.count }
+        return Double(total) / seconds
     }
 
     /// Calls accepted per second over the measurement window ending `now`.
@@ -110,7 +135,12 @@ public struct AdaptiveRateController<Instant: InstantProtocol>: Sendable where I
         // The current slot is only partly elapsed: divide by the time really covered.
         let slotLength = configuration.measurementWindow.secondsValue / Double(slots.count)
         let elapsedInCurrent = (origin.map { $0.duration(to: now).secondsValue } ?? 0) / slotLength - Double(current)
-        let covered = (Double(slots.count - 1) + max(0, min(1, elapsedInCurrent))) * slotLength
+        let sinceOrigin = origin.map { $0.duration(to: now).secondsValue } ?? 0
+        let covered = min(
+            (Double(slots.count - 1) + max(0, min(1, elapsedInCurrent))) * slotLength,
+            sinceOrigin
+        )
+        // At least one slot: a burst the server let through in the first milliseconds is no rate.
         return Double(total) / max(covered, slotLength)
     }
 
@@ -120,11 +150,21 @@ public struct AdaptiveRateController<Instant: InstantProtocol>: Sendable where I
         let elapsed = lastUpdate.duration(to: now).secondsValue
         guard elapsed > 0 else { return }
         var next = rate
-        if let ceiling, rate < ceiling {
+        let target = (ceiling ?? rate) * configuration.settle
+        if rate < target {
             let keep = exp2(-elapsed / configuration.recoveryTime.secondsValue)
-            next = ceiling - (ceiling - rate) * keep
+            next = target - (target - rate) * keep
+            // The approach is asymptotic: call it reached when within 0.5%, so that probing can begin.
+            if next >= target * 0.995 { next = target }
         } else {
-            next = rate * (1 + configuration.probeGrowth * elapsed)
+            // Probe only the part of `elapsed` that lies beyond the quiet period after the last decrease.
+            let quiet = lastDecrease.map { $0.duration(to: now).secondsValue } ?? .infinity
+            let probingFor = quiet - configuration.probeDelay.secondsValue
+            let probing = min(elapsed, probingFor)
+            if probing > 0 {
+                let growth = min(1, configuration.probeGrowth * exp2(probingFor / 10))
+                next = rate * (1 + growth * probing)
+            }
         }
         self.rate = clamp(next)
     }

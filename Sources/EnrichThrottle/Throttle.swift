@@ -71,7 +71,9 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
     public func throttled(sentAt: C.Instant, retryAfter: Duration?) {
         throttledCount += 1
         let now = clock.now
-        let newEvent = controller.recordThrottled(sentAt: sentAt, now: now)
+        // Sending resumed when the previous pause ended: measure what the server accepted since then.
+        let activeSince = pausedUntil.flatMap { $0 < now ? $0 : nil }
+        let newEvent = controller.recordThrottled(sentAt: sentAt, now: now, activeSince: activeSince)
         if newEvent { consecutivePauses += 1 }
         let pause = min(
             retryAfter ?? configuration.backoff.delay(attempt: consecutivePauses),

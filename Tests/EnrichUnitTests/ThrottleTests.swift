@@ -35,7 +35,7 @@ struct AdaptiveRateControllerTests {
         #expect(abs(after - rate) < 1)
     }
 
-    @Test("recovers half the gap per recovery time, then probes slowly above the ceiling")
+    @Test("recovers half the gap per recovery time to just under the ceiling, holds, then probes slowly")
     func recoveryThenProbe() throws {
         var controller = AdaptiveRateController<Instant>()
         accept(&controller, rate: 300, from: 0, to: 2)
@@ -43,12 +43,60 @@ struct AdaptiveRateControllerTests {
         let startRate = controller.currentRate(now: at(2))
         let start = try #require(startRate)
         let ceiling = try #require(controller.ceiling)
+        let target = ceiling * 0.97
         let afterOneRate = controller.currentRate(now: at(3))
         let afterOne = try #require(afterOneRate)
-        #expect(abs((ceiling - afterOne) - (ceiling - start) / 2) < 1)
-        let laterRate = controller.currentRate(now: at(30))
+        #expect(abs((target - afterOne) - (target - start) / 2) < 1)
+        let heldRate = controller.currentRate(now: at(21))
+        let held = try #require(heldRate)
+        #expect(abs(held - target) < 1, "holds just under the ceiling for the quiet period")
+        var previous = held
+        for second in stride(from: 23.0, through: 27, by: 1) {
+            let current = controller.currentRate(now: at(second))
+            let rate = try #require(current)
+            #expect(rate > previous && rate < previous * 1.01, "probes slowly at first")
+            previous = rate
+        }
+        let laterRate = controller.currentRate(now: at(100))
         let later = try #require(laterRate)
-        #expect(later >= ceiling * 0.99 && later < ceiling * 1.2, "settles near the ceiling, probing slowly")
+        #expect(later > target * 2, "an underestimated ceiling is left behind within about a minute")
+    }
+
+    @Test("a 429 while paced cuts from the paced rate, not from the accepted rate that pauses depress")
+    func pacedEventUsesSendRate() throws {
+        var controller = AdaptiveRateController<Instant>()
+        accept(&controller, rate: 300, from: 0, to: 2)
+        controller.recordThrottled(sentAt: at(2), now: at(2))
+        // A long pause: nothing accepted for 5 s, then a 429 on the first paced call.
+        let pacedRate = controller.currentRate(now: at(7))
+        let paced = try #require(pacedRate)
+        controller.recordThrottled(sentAt: at(7), now: at(7))
+        #expect(controller.ceiling.map { abs($0 - paced) < 0.5 } == true)
+        let afterRate = controller.currentRate(now: at(7))
+        let after = try #require(afterRate)
+        #expect(abs(after - paced * 0.9) < 1, "not collapsed to the ~0/s accepted during the pause")
+    }
+
+    @Test("a 429 moments after the start measures the rate over the time elapsed, not over a whole window")
+    func earlyThrottle() throws {
+        var controller = AdaptiveRateController<Instant>()
+        accept(&controller, rate: 400, from: 0, to: 0.05)  // the burst the server let through: ~20 calls
+        controller.recordThrottled(sentAt: at(0.05), now: at(0.05))
+        let current = controller.currentRate(now: at(0.05))
+        let rate = try #require(current)
+        #expect(rate > 150 && rate < 400, "20 calls in the first 50 ms: ~200/s (over at least 100 ms), not 20/s")
+    }
+
+    @Test("a 429 while paced above the limit falls to what the server accepted since the last pause")
+    func pacedAboveTheLimit() throws {
+        var controller = AdaptiveRateController<Instant>()
+        accept(&controller, rate: 400, from: 0, to: 0.05)
+        controller.recordThrottled(sentAt: at(0.05), now: at(0.05))  // overestimates: ~360/s
+        // Paused until 1.05 s, then paced at ~360/s while the server accepts only 100/s.
+        accept(&controller, rate: 100, from: 1.05, to: 1.6)
+        controller.recordThrottled(sentAt: at(1.6), now: at(1.6), activeSince: at(1.05))
+        let ceiling = try #require(controller.ceiling)
+        #expect(abs(ceiling - 100) < 15, "one event finds the limit instead of ten 10% steps")
     }
 
     @Test("repeated events in quick succession cut deeper")

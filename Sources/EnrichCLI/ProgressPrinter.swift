@@ -1,0 +1,81 @@
+import EnrichWorker
+import Foundation
+import Logging
+import Synchronization
+
+/// Shows a running job's progress: a live line on a terminal, a log line every few seconds otherwise.
+final class ProgressPrinter: Sendable {
+    enum Mode: String {
+        /// A live line when standard error is a terminal, log lines otherwise.
+        case auto
+        /// Always the live line (rewritten in place with a carriage return).
+        case line
+        /// Always log lines.
+        case log
+        case off
+    }
+
+    private let live: Bool
+    private let logEvery: Duration
+    private let lastLog = Mutex<Duration?>(nil)
+    private let shownLine = Mutex(false)
+
+    /// nil when progress is off.
+    static func make(mode: Mode, logEvery: Duration) -> ProgressPrinter? {
+        switch mode {
+        case .off: return nil
+        case .line: return ProgressPrinter(live: true, logEvery: logEvery)
+        case .log: return ProgressPrinter(live: false, logEvery: logEvery)
+        case .auto: return ProgressPrinter(live: isatty(STDERR_FILENO) == 1, logEvery: logEvery)
+        }
+    }
+
+    private init(live: Bool, logEvery: Duration) {
+        self.live = live
+        self.logEvery = logEvery
+    }
+
+    func show(_ progress: WorkerProgress, logger: Logger) {
+        let text = Self.line(progress)
+        if live {
+            shownLine.withLock { $0 = true }
+            FileHandle.standardError.write(Data(("\r\u{1B}[2K" + text).utf8))
+            return
+        }
+        let due = lastLog.withLock { last -> Bool in
+            guard last.map({ progress.elapsed - $0 >= logEvery }) ?? (progress.elapsed >= logEvery) else {
+                return false
+            }
+            last = progress.elapsed
+            return true
+        }
+        if due { logger.info("progress: \(text)") }
+    }
+
+    /// Ends the live line so the summary starts on its own line.
+    func finish() {
+        if shownLine.withLock({ $0 }) { FileHandle.standardError.write(Data("\n".utf8)) }
+    }
+
+    /// `run 7: 4210/10000 (42%) · 1020 rows/s · 3 retried · 12 failed · 429s 3 · send rate 300/s · ETA 6s`
+    static func line(_ progress: WorkerProgress) -> String {
+        let counters = progress.statistics.counters
+        let finished = counters.succeeded + counters.failed
+        var parts: [String] = []
+        if let total = progress.totalItems, total > 0 {
+            let percent = min(100, Int(Double(finished) * 100 / Double(total)))
+            parts.append("run \(progress.runID): \(finished)/\(total) (\(percent)%)")
+        } else {
+            parts.append("run \(progress.runID): \(finished) rows")
+        }
+        parts.append("\(Int(progress.itemsPerSecond.rounded())) rows/s")
+        parts.append("\(counters.failed) failed")
+        if counters.retried > 0 { parts.append("\(counters.retried) retried") }
+        parts.append("429s \(counters.throttled)")
+        if let rate = progress.sendRate { parts.append("send rate \(Int(rate.rounded()))/s") }
+        if let total = progress.totalItems, progress.itemsPerSecond > 0, total > finished {
+            parts.append("ETA \(Int((Double(total - finished) / progress.itemsPerSecond).rounded()))s")
+        }
+        return parts.joined(separator: " · ")
+    }
+}

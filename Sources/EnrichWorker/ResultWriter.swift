@@ -1,0 +1,131 @@
+import EnrichQueue
+import Logging
+
+/// What became of one claimed row.
+enum ItemResult: Sendable {
+    /// The API answered: write the commerce context back and mark the row done.
+    case done(Completion)
+    /// The call failed: permanently (400) or for a later attempt (5xx, timeout, ...).
+    case failed(Failure)
+    /// Not the row's fault (429 bound, shutdown): back to pending without spending the attempt.
+    case released(LeasedItem, after: Duration)
+}
+
+/// Batches results and writes them back: a flush happens when ``WorkerConfiguration/writeBatch`` results
+/// are waiting or ``WorkerConfiguration/writeDelay`` after the first one arrived, so a thousand calls per
+/// second cost a few dozen statements, not a thousand.
+actor ResultWriter {
+    private let queue: Queue
+    private let owner: String
+    private let configuration: WorkerConfiguration
+    private let statistics: RunStatistics
+    private let database: DatabaseGuard
+    private let source: ItemSource
+    private let logger: Logger
+
+    private var completions: [Completion] = []
+    private var failures: [Failure] = []
+    private var releases: [(item: LeasedItem, after: Duration, handedOut: Bool)] = []
+    private var finishing = false
+    private nonisolated let arrived = WakeSignal()
+    private nonisolated let full = WakeSignal()
+
+    init(
+        queue: Queue,
+        owner: String,
+        configuration: WorkerConfiguration,
+        statistics: RunStatistics,
+        database: DatabaseGuard,
+        source: ItemSource,
+        logger: Logger
+    ) {
+        self.queue = queue
+        self.owner = owner
+        self.configuration = configuration
+        self.statistics = statistics
+        self.database = database
+        self.source = source
+        self.logger = logger
+    }
+
+    private var waiting: Int { completions.count + failures.count + releases.count }
+
+    func submit(_ result: ItemResult) {
+        switch result {
+        case .done(let completion): completions.append(completion)
+        case .failed(let failure): failures.append(failure)
+        case .released(let item, let delay): releases.append((item, delay, true))
+        }
+        let count = waiting
+        if count == 1 { arrived.fire() }
+        if count >= configuration.writeBatch { full.fire() }
+    }
+
+    /// Rows claimed but never started: handed back without counting an attempt.
+    func release(_ items: [LeasedItem]) {
+        for item in items { releases.append((item, .zero, false)) }
+        if !items.isEmpty { arrived.fire() }
+    }
+
+    /// Ends ``run()`` once everything submitted so far is written.
+    func finish() {
+        finishing = true
+        arrived.fire()
+        full.fire()
+    }
+
+    /// Writes batches until ``finish()``; throws ``WorkerError`` if the database stays away too long.
+    func run() async throws {
+        while true {
+            if waiting == 0 {
+                if finishing { return }
+                await arrived.wait(timeout: .seconds(1))
+                continue
+            }
+            if waiting < configuration.writeBatch && !finishing {
+                await full.wait(timeout: configuration.writeDelay)
+            }
+            try await flush()
+        }
+    }
+
+    private func flush() async throws {
+        let completions = self.completions
+        let failures = self.failures
+        let releases = self.releases
+        self.completions = []
+        self.failures = []
+        self.releases = []
+        let (queue, owner) = (self.queue, self.owner)
+        var stale = 0
+
+        let completed = try await database.run("write back results") {
+            try await queue.complete(completions, owner: owner)
+        }
+        stale += completed.staleIDs.count
+        let failed = try await database.run("record failures") { try await queue.fail(failures, owner: owner) }
+        stale += failed.staleIDs.count
+        var released = 0
+        for (delay, items) in Dictionary(grouping: releases, by: \.after) {
+            let outcome = try await database.run("release rows") {
+                try await queue.release(items.map(\.item), owner: owner, after: delay)
+            }
+            released += outcome.written
+            stale += outcome.staleIDs.count
+        }
+        statistics.update {
+            $0.counters.succeeded += Int64(completed.written)
+            $0.counters.failed += Int64(failed.failedPermanently)
+            $0.counters.retried += Int64(failed.written - failed.failedPermanently)
+            $0.released += Int64(released)
+            $0.stale += Int64(stale)
+        }
+        if stale > 0 {
+            logger.warning(
+                "results discarded: their rows were reclaimed by another worker after the lease expired",
+                metadata: ["rows": "\(stale)"]
+            )
+        }
+        await source.settled(completions.count + failures.count + releases.count(where: \.handedOut))
+    }
+}

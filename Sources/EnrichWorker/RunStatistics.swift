@@ -1,0 +1,29 @@
+import EnrichQueue
+import Synchronization
+
+/// The live counters of one run, updated by every worker task (a lock around a small struct: each update is
+/// a few additions, far below the cost of the HTTP call it accounts for).
+public final class RunStatistics: Sendable {
+    /// What the progress line and the job runs row show.
+    public struct Snapshot: Sendable, Equatable {
+        public var counters = RunCounters()
+        /// `/access` calls sent (each retry in place counts).
+        public var calls: Int64 = 0
+        /// 401 answers (each renews the shared token once).
+        public var unauthorized: Int64 = 0
+        /// Rows handed back to `pending` without spending an attempt (429 bound, shutdown).
+        public var released: Int64 = 0
+        /// Results discarded because another worker had reclaimed the row (lease lost).
+        public var stale: Int64 = 0
+
+        public init() {}
+    }
+
+    private let state = Mutex(Snapshot())
+
+    public init() {}
+
+    func update(_ body: (inout Snapshot) -> Void) { state.withLock { body(&$0) } }
+
+    public var snapshot: Snapshot { state.withLock { $0 } }
+}

@@ -1,0 +1,75 @@
+import EnrichQueue
+import EnrichThrottle
+
+/// Everything a run takes, with production defaults. Every property is reachable from `enrich run`'s flags
+/// and environment variables.
+public struct WorkerConfiguration: Sendable {
+    /// Name recorded in the job runs table (`enrich status` groups by it).
+    public var jobName: String = "default"
+    /// How the run was started: by hand or by cron.
+    public var trigger: RunTrigger = .cli
+    /// Keep running after the queue is empty and wake on new work (LISTEN/NOTIFY, polling as fallback).
+    public var follow: Bool = false
+    /// Concurrent `/api/auth/access` calls (the size of the bounded task group).
+    public var concurrency: Int = 32
+    /// A known ceiling of the API's rate, in requests per second; nil: unknown, found by backing off on 429s.
+    public var rateLimit: Double? = nil
+    /// Attempts per row before it is marked failed; nil keeps each row's own (set at enqueue, default 5).
+    public var maxAttempts: Int32? = nil
+    /// Rows claimed per database round trip; nil: twice the concurrency, at least 100.
+    public var claimBatch: Int? = nil
+    /// How long a claimed row stays leased without a heartbeat; a crashed worker's rows are reclaimed after it.
+    public var lease: Duration = .seconds(120)
+    /// Interval of the job runs heartbeat, which also extends the leases this run holds.
+    public var heartbeatInterval: Duration = .seconds(5)
+    /// In follow mode, and while retries are pending, how often to look for work without a notification.
+    public var pollInterval: Duration = .seconds(5)
+    /// After SIGINT/SIGTERM, how long in-flight calls may take to finish before they are cancelled.
+    public var shutdownGrace: Duration = .seconds(30)
+    /// How long the database may stay unreachable before the run stops and is marked failed.
+    public var databaseOutageLimit: Duration = .seconds(60)
+    /// Backoff (full jitter) before a row is retried after a 5xx, timeout or dropped connection.
+    public var retryBackoff: Backoff = Backoff(base: .seconds(1), cap: .seconds(60))
+    /// 429s one call may absorb in place (waiting out the shared pause) before its row is released for later.
+    public var maximumThrottledRetries: Int = 20
+    /// 401s one call may absorb in place (each renews the shared token) before its row counts a failed attempt.
+    public var maximumUnauthorizedRetries: Int = 3
+    /// Results are written back in batches of at most this many rows...
+    public var writeBatch: Int = 500
+    /// ...or after this long, whichever comes first.
+    public var writeDelay: Duration = .milliseconds(10)
+    /// Longest shared pause honoured from a 429's Retry-After.
+    public var maximumPause: Duration = .seconds(300)
+    /// How often the progress callback is called.
+    public var progressInterval: Duration = .seconds(1)
+
+    public init() {}
+
+    /// The claim batch in effect.
+    public var effectiveClaimBatch: Int { claimBatch ?? max(2 * concurrency, 100) }
+
+    /// Refill the claimed buffer when it falls below this many rows.
+    var lowWatermark: Int { max(concurrency, effectiveClaimBatch / 2) }
+
+    /// Throws when a value is out of range, naming the setting.
+    public func validate() throws(WorkerError) {
+        func check(_ condition: Bool, _ setting: String, _ problem: String) throws(WorkerError) {
+            if !condition { throw WorkerError.invalidSetting(setting, problem) }
+        }
+        try check(concurrency >= 1 && concurrency <= 4096, "concurrency", "must be between 1 and 4096")
+        try check(rateLimit.map { $0 > 0 } ?? true, "rate", "must be a positive number of requests per second")
+        try check(maxAttempts.map { $0 >= 1 } ?? true, "max-attempts", "must be at least 1")
+        try check(effectiveClaimBatch >= 1 && effectiveClaimBatch <= 10_000, "claim-batch", "must be 1...10000")
+        try check(lease >= .seconds(5), "lease", "must be at least 5 seconds")
+        try check(
+            heartbeatInterval > .zero && heartbeatInterval * 2 < lease,
+            "heartbeat",
+            "must be under half the lease"
+        )
+        try check(pollInterval > .zero, "poll-interval", "must be positive")
+        try check(shutdownGrace >= .zero, "shutdown-grace", "must not be negative")
+        try check(databaseOutageLimit >= .zero, "db-outage-limit", "must not be negative")
+        try check(writeBatch >= 1, "write-batch", "must be at least 1")
+        try check(jobName.count >= 1 && jobName.count <= 200, "job-name", "must be 1 to 200 characters")
+    }
+}

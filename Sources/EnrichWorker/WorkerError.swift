@@ -1,0 +1,46 @@
+import NymbleAPI
+
+/// Why a run stopped early, or could not start. Descriptions never contain a secret or a token.
+public struct WorkerError: Error, CustomStringConvertible, Sendable {
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        private enum Base: String { case invalidSetting, login, databaseUnavailable }
+        private let base: Base
+        private init(_ base: Base) { self.base = base }
+        /// A configuration value is out of range.
+        public static let invalidSetting = Code(.invalidSetting)
+        /// The API refused the credentials, or login kept failing: no call can succeed.
+        public static let login = Code(.login)
+        /// The database stayed unreachable longer than the configured outage limit.
+        public static let databaseUnavailable = Code(.databaseUnavailable)
+        public var description: String { base.rawValue }
+    }
+
+    public let code: Code
+    public let message: String
+
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { message }
+
+    static func invalidSetting(_ setting: String, _ problem: String) -> WorkerError {
+        WorkerError(.invalidSetting, "--\(setting) \(problem)")
+    }
+
+    static func login(_ error: any Error) -> WorkerError {
+        if let error = error as? NymbleAPIError, error.code == .invalidCredentials {
+            return WorkerError(.login, "the API rejected the credentials (\(error)); no row was attempted with them")
+        }
+        return WorkerError(.login, "could not log in to the API: \(error)")
+    }
+
+    static func databaseUnavailable(for outage: Duration, lastError: any Error) -> WorkerError {
+        let seconds = Int(outage.components.seconds)
+        return WorkerError(
+            .databaseUnavailable,
+            "the database was unreachable for \(seconds) s (limit reached); last error: \(lastError)"
+        )
+    }
+}
