@@ -31,13 +31,27 @@ public struct DatabaseError: Error, CustomStringConvertible, Sendable {
     public let code: Code
     /// A human-readable explanation, free of secrets.
     public let message: String
+    /// The server's SQLSTATE, when the server answered with an error.
+    public let sqlState: String?
 
-    public init(_ code: Code, _ message: String) {
+    public init(_ code: Code, _ message: String, sqlState: String? = nil) {
         self.code = code
         self.message = message
+        self.sqlState = sqlState
     }
 
     public var description: String { message }
+
+    /// Whether retrying the same statement later can succeed: a lost or refused connection, or a server
+    /// error of the transient kinds (connection exception 08, serialization failure or deadlock 40,
+    /// insufficient resources 53, operator intervention such as a restart 57P, lock not available 55P03).
+    /// A statement the server rejects for its content (bad data, missing table) fails the same way again.
+    public var isTransient: Bool {
+        if code == .cannotConnect { return true }
+        guard let sqlState else { return code == .queryFailed }
+        return sqlState.hasPrefix("08") || sqlState.hasPrefix("40") || sqlState.hasPrefix("53")
+            || sqlState.hasPrefix("57P") || sqlState == "55P03"
+    }
 
     /// Wraps a PostgresNIO error with the operation it interrupted, keeping only secret-free parts:
     /// the server's message, SQLSTATE and detail (never the bound values or connection password).
@@ -52,7 +66,7 @@ public struct DatabaseError: Error, CustomStringConvertible, Sendable {
                 if info[.sqlState] == "42P01" || info[.sqlState] == "3F000" {
                     return DatabaseError(.schemaNotMigrated, text + ". Run `enrich migrate` first.")
                 }
-                return DatabaseError(.queryFailed, text)
+                return DatabaseError(.queryFailed, text, sqlState: info[.sqlState])
             }
             if psql.code == .connectionError || psql.code == .unexpectedBackendMessage
                 || psql.code == .serverClosedConnection

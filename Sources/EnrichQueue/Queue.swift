@@ -292,7 +292,8 @@ public struct Queue: Sendable {
         guard !failures.isEmpty else { return WriteOutcome() }
         let ids = failures.map(\.item.id)
         let attempts = failures.map(\.item.attempt)
-        let reasons = failures.map { String($0.reason.prefix(2000)) }
+        // PostgreSQL text cannot hold NUL; an API's error excerpt might.
+        let reasons = failures.map { String($0.reason.replacingOccurrences(of: "\u{0}", with: "").prefix(2000)) }
         let permanent = failures.map { $0.retryAfter == nil }
         let delays = failures.map { $0.retryAfter?.intervalSeconds ?? 0 }
         let rows = try await run("record failures") {

@@ -162,8 +162,11 @@ public struct AdaptiveRateController<Instant: InstantProtocol>: Sendable where I
             let probingFor = quiet - configuration.probeDelay.secondsValue
             let probing = min(elapsed, probingFor)
             if probing > 0 {
-                let growth = min(1, configuration.probeGrowth * exp2(probingFor / 10))
-                next = rate * (1 + growth * probing)
+                let growth = min(1, configuration.probeGrowth * exp2(min(probingFor, 600) / 10))
+                // Grow only as far as the traffic backs it: at most twice the ceiling or what the server is
+                // accepting, so an idle hour does not end with an unbounded rate and a wave of 429s.
+                let bound = 2 * max(ceiling ?? 0, acceptedRate(now: now))
+                next = max(rate, min(rate * (1 + growth * probing), bound))
             }
         }
         self.rate = clamp(next)

@@ -1,9 +1,12 @@
+import EnrichQueue
 import Logging
 import Synchronization
 
 /// Runs the worker's database statements, retrying failures with a short backoff until they have gone on
 /// longer than the outage limit, then throwing ``WorkerError`` (`databaseUnavailable`). One budget is shared
-/// by the claimer, the writer and the heartbeat, so any successful statement ends an outage for all.
+/// by the claimer, the writer and the heartbeat, so any successful statement ends an outage for all. Only
+/// transient failures are retried (``DatabaseError/isTransient``); any other is thrown at once, so a
+/// statement that can never succeed stops the run instead of being retried while heartbeats succeed.
 final class DatabaseGuard: Sendable {
     private let budget: Mutex<OutageBudget<ContinuousClock.Instant>>
     private let logger: Logger
@@ -22,6 +25,8 @@ final class DatabaseGuard: Sendable {
                 return value
             } catch {
                 if error is CancellationError || Task.isCancelled { throw CancellationError() }
+                // A statement the server rejects for its content would fail forever: stop at once.
+                if let error = error as? DatabaseError, !error.isTransient { throw error }
                 let now = ContinuousClock.now
                 if let outage = budget.withLock({ $0.recordFailure(now: now) }) {
                     throw WorkerError.databaseUnavailable(for: outage, lastError: error)

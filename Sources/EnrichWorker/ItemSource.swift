@@ -49,12 +49,13 @@ actor ItemSource {
 
     /// The next row to call the API for; nil when the run is over (drained or stopping).
     func next() async -> LeasedItem? {
+        if stopped { return nil }
         if let item = popFirst() {
             outstanding += 1
             if buffered < configuration.lowWatermark { demand.fire() }
             return item
         }
-        if stopped || exhausted { return nil }
+        if exhausted { return nil }
         if consumers.isEmpty { demand.fire() }
         return await withCheckedContinuation { consumers.append($0) }
     }
@@ -93,6 +94,10 @@ actor ItemSource {
                 continue
             }
             let limit = configuration.effectiveClaimBatch - buffered
+            guard limit > 0 else {
+                await demand.wait(timeout: configuration.pollInterval)
+                continue
+            }
             let (queue, owner, runID, configuration) = (self.queue, self.owner, self.runID, self.configuration)
             let items = try await database.run("claim rows") {
                 try await queue.claim(

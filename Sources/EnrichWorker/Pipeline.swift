@@ -33,19 +33,24 @@ struct Pipeline<C: Clock>: Sendable where C.Duration == Duration {
             outer.addTask { await writeResults() }
             outer.addTask {
                 await withTaskGroup(of: Void.self) { services in
-                    services.addTask { await claim() }
                     services.addTask { await heartbeat() }
                     services.addTask { await watchForShutdown() }
                     if configuration.follow { services.addTask { await listen() } }
                     if onProgress != nil { services.addTask { await reportProgress() } }
-                    await callAPI()
+                    await withTaskGroup(of: Void.self) { pipeline in
+                        pipeline.addTask { await claim() }
+                        await callAPI()
+                        // Stopped, not cancelled: a claim in flight completes, so its rows are released below
+                        // instead of staying leased to nobody.
+                        await source.stop()
+                    }
                     services.cancelAll()
                 }
-                await source.stop()
                 await writer.release(await source.takeUnstarted())
                 await writer.finish()
             }
         }
+        await writer.flushRemaining()
     }
 
     // MARK: Tasks
@@ -53,6 +58,9 @@ struct Pipeline<C: Clock>: Sendable where C.Duration == Duration {
     private func writeResults() async {
         do {
             try await writer.run()
+        } catch is CancellationError {
+            control.interrupt()
+            await source.stop()
         } catch {
             await stop(fatal: error)
         }
@@ -62,6 +70,9 @@ struct Pipeline<C: Clock>: Sendable where C.Duration == Duration {
         do {
             try await source.runClaimer()
         } catch is CancellationError {
+            // Cancelled from outside: wake the worker tasks waiting for rows so that the groups can end.
+            control.interrupt()
+            await source.stop()
         } catch {
             await stop(fatal: error)
         }

@@ -74,9 +74,10 @@ actor ResultWriter {
         full.fire()
     }
 
-    /// Writes batches until ``finish()``; throws ``WorkerError`` if the database stays away too long.
+    /// Writes batches until ``finish()``; throws ``WorkerError`` if the database stays away too long (what
+    /// could not be written is kept for ``flushRemaining()``).
     func run() async throws {
-        while true {
+        while !Task.isCancelled {
             if waiting == 0 {
                 if finishing { return }
                 await arrived.wait(timeout: .seconds(1))
@@ -89,35 +90,62 @@ actor ResultWriter {
         }
     }
 
+    /// One last attempt to write what is still waiting after ``run()`` ended early; logs what stays unwritten
+    /// (those rows are reclaimed after their lease expires).
+    func flushRemaining() async {
+        guard waiting > 0 else { return }
+        do {
+            try await flush()
+        } catch {
+            logger.error(
+                "results left unwritten; their rows are retried after the lease expires",
+                metadata: ["rows": "\(waiting)", "error": "\(error)"]
+            )
+        }
+    }
+
     private func flush() async throws {
         let completions = self.completions
         let failures = self.failures
-        let releases = self.releases
+        var releases = self.releases.sorted { $0.after < $1.after }[...]
+        let handedOut = releases.count(where: \.handedOut)
         self.completions = []
         self.failures = []
         self.releases = []
         let (queue, owner) = (self.queue, self.owner)
-        var stale = 0
-
-        let completed = try await database.run("write back results") {
-            try await queue.complete(completions, owner: owner)
-        }
-        stale += completed.staleIDs.count
-        let failed = try await database.run("record failures") { try await queue.fail(failures, owner: owner) }
-        stale += failed.staleIDs.count
-        var released = 0
-        for (delay, items) in Dictionary(grouping: releases, by: \.after) {
-            let outcome = try await database.run("release rows") {
-                try await queue.release(items.map(\.item), owner: owner, after: delay)
+        var completed = WriteOutcome()
+        var failed = WriteOutcome()
+        var released = WriteOutcome()
+        var step = 0
+        do {
+            completed = try await database.run("write back results") {
+                try await queue.complete(completions, owner: owner)
             }
-            released += outcome.written
-            stale += outcome.staleIDs.count
+            step = 1
+            failed = try await database.run("record failures") { try await queue.fail(failures, owner: owner) }
+            step = 2
+            while let delay = releases.first?.after {
+                let group = releases.prefix { $0.after == delay }
+                let outcome = try await database.run("release rows") {
+                    try await queue.release(group.map(\.item), owner: owner, after: delay)
+                }
+                released.written += outcome.written
+                released.staleIDs += outcome.staleIDs
+                releases = releases.dropFirst(group.count)
+            }
+        } catch {
+            // Keep what was not written, in front of anything submitted meanwhile.
+            if step < 1 { self.completions = completions + self.completions }
+            if step < 2 { self.failures = failures + self.failures }
+            self.releases = Array(releases) + self.releases
+            throw error
         }
+        let stale = completed.staleIDs.count + failed.staleIDs.count + released.staleIDs.count
         statistics.update {
             $0.counters.succeeded += Int64(completed.written)
             $0.counters.failed += Int64(failed.failedPermanently)
             $0.counters.retried += Int64(failed.written - failed.failedPermanently)
-            $0.released += Int64(released)
+            $0.released += Int64(released.written)
             $0.stale += Int64(stale)
         }
         if stale > 0 {
@@ -126,6 +154,6 @@ actor ResultWriter {
                 metadata: ["rows": "\(stale)"]
             )
         }
-        await source.settled(completions.count + failures.count + releases.count(where: \.handedOut))
+        await source.settled(completions.count + failures.count + handedOut)
     }
 }

@@ -180,14 +180,7 @@ public struct Worker: Service {
         counters.logins = Int64(logins)
         let fatal = control.fatalError
         let state: RunState = fatal != nil ? .failed : control.isInterrupted ? .interrupted : .succeeded
-        do {
-            try await jobRuns.finish(id: runID, state: state, counters: counters, lastError: fatal.map { "\($0)" })
-        } catch {
-            logger.error(
-                "could not record the end of the run; a later run will mark it abandoned",
-                metadata: ["error": "\(error)"]
-            )
-        }
+        await recordEnd(runID: runID, state: state, counters: counters, lastError: fatal.map { "\($0)" }, logger)
         let report = RunReport(
             runID: runID,
             state: state,
@@ -205,6 +198,32 @@ public struct Worker: Service {
             ]
         )
         return report
+    }
+
+    /// Records the final state, retrying a short blip; a run that cannot be recorded stays `running` until a
+    /// later run finds its heartbeat stale.
+    private func recordEnd(
+        runID: Int64,
+        state: RunState,
+        counters: RunCounters,
+        lastError: String?,
+        _ logger: Logger
+    ) async {
+        for attempt in 1...3 {
+            do {
+                try await jobRuns.finish(id: runID, state: state, counters: counters, lastError: lastError)
+                return
+            } catch {
+                if attempt == 3 {
+                    logger.error(
+                        "could not record the end of the run; a later run will mark it abandoned",
+                        metadata: ["error": "\(error)"]
+                    )
+                } else {
+                    try? await Task.sleep(for: .seconds(attempt))
+                }
+            }
+        }
     }
 
     private var settingsJSON: String {

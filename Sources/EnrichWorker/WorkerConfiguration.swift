@@ -49,7 +49,7 @@ public struct WorkerConfiguration: Sendable {
     public var effectiveClaimBatch: Int { claimBatch ?? max(2 * concurrency, 100) }
 
     /// Refill the claimed buffer when it falls below this many rows.
-    var lowWatermark: Int { max(concurrency, effectiveClaimBatch / 2) }
+    var lowWatermark: Int { min(max(concurrency, effectiveClaimBatch / 2), effectiveClaimBatch) }
 
     /// Throws when a value is out of range, naming the setting.
     public func validate() throws(WorkerError) {

@@ -163,6 +163,24 @@ struct WorkerTests {
         }
     }
 
+    @Test("a claim batch smaller than the concurrency still drains the queue")
+    func smallClaimBatch() async throws {
+        let database = try TestDatabase.require()
+        try await WorkerHarness.enqueue(WorkerHarness.pairs(300), into: database)
+        try await withSimulatorClient { _, client in
+            let report = try await WorkerHarness.run(
+                database,
+                client: client,
+                configuration: WorkerHarness.configuration {
+                    $0.concurrency = 16
+                    $0.claimBatch = 5
+                }
+            )
+            #expect(report.state == .succeeded && report.statistics.counters.succeeded == 300)
+            #expect(report.statistics.counters.claimed == 300)
+        }
+    }
+
     @Test("invalid credentials: the run fails at once with a clear error, every row back to pending, no secret")
     func invalidCredentials() async throws {
         let database = try TestDatabase.require()

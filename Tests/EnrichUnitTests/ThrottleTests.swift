@@ -99,6 +99,18 @@ struct AdaptiveRateControllerTests {
         #expect(abs(ceiling - 100) < 15, "one event finds the limit instead of ten 10% steps")
     }
 
+    @Test("an idle hour does not grow the rate without bound: at most twice the ceiling")
+    func idleGrowthIsBounded() throws {
+        var controller = AdaptiveRateController<Instant>()
+        accept(&controller, rate: 300, from: 0, to: 2)
+        controller.recordThrottled(sentAt: at(2), now: at(2))
+        let ceiling = try #require(controller.ceiling)
+        for second in stride(from: 3.0, through: 3_600, by: 1) { _ = controller.currentRate(now: at(second)) }
+        let current = controller.currentRate(now: at(3_600))
+        let rate = try #require(current)
+        #expect(rate.isFinite && rate <= ceiling * 2 + 0.001)
+    }
+
     @Test("repeated events in quick succession cut deeper")
     func repeatedEventsCutDeeper() throws {
         var controller = AdaptiveRateController<Instant>()

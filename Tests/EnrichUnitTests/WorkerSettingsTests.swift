@@ -158,3 +158,23 @@ struct WorkerConfigurationTests {
         }
     }
 }
+
+@Suite("Database errors: which ones the worker retries")
+struct DatabaseErrorTransienceTests {
+    @Test(
+        "lost connections, deadlocks, restarts and resource shortages are retried; rejected statements are not",
+        arguments: [
+            ("08006", true), ("40001", true), ("40P01", true), ("53300", true), ("57P01", true), ("55P03", true),
+            ("22021", false), ("42P01", false), ("23505", false),
+        ]
+    )
+    func transience(sqlState: String, transient: Bool) {
+        #expect(DatabaseError(.queryFailed, "x", sqlState: sqlState).isTransient == transient)
+    }
+
+    @Test("a connection that cannot be made is transient; a schema that is not migrated is not")
+    func codes() {
+        #expect(DatabaseError(.cannotConnect, "x").isTransient)
+        #expect(!DatabaseError(.schemaNotMigrated, "x").isTransient)
+    }
+}
