@@ -473,20 +473,6 @@ extension Queue {
     /// The LISTEN/NOTIFY channel on which new pending rows are announced.
     public var notificationChannel: String { "enrich_" + database.configuration.schema }
 
-    /// When the next `pending` row becomes available: nil if there is none, `.zero` if one is available now.
-    public func nextAvailableDelay() async throws -> Duration? {
-        let rows = try await database.client.query(
-            """
-            SELECT (CASE WHEN count(*) = 0 THEN NULL
-                ELSE GREATEST(0, EXTRACT(EPOCH FROM (min(available_at) - now()))) END)::float8
-            FROM \(unescaped: schema).queue_items WHERE state = 'pending'
-            """,
-            logger: logger
-        ).collect()
-        guard let seconds = try rows.first?.decode(Double?.self) else { return nil }
-        return .milliseconds(Int64((seconds * 1000).rounded(.up)))
-    }
-
     /// When the queue may next have work for a claimer: the earliest of the next `pending` row's available
     /// time and the next `running` row's lease expiry (a crashed worker's rows are reclaimed then). nil when
     /// no row is pending or running: the queue is settled. Both minimums come from partial indexes.

@@ -74,8 +74,6 @@ actor ItemSource {
         demand.fire()
     }
 
-    var isStopped: Bool { stopped }
-
     /// Removes and returns the claimed rows no worker task has started.
     func takeUnstarted() -> [LeasedItem] {
         let rest = Array(buffer[head...])
