@@ -5,6 +5,11 @@ import Foundation
 ///
 /// - Before the first 429 (and without a configured ceiling) the rate is unlimited: only the concurrency
 ///   bounds the calls.
+/// - A 429 within the first half window of traffic says little: what the server let through by then was
+///   its burst allowance, and the 429 may even arrive before any accepted answer. Then the controller
+///   starts from that rough estimate without a ceiling and *slow-starts* (doubling every quarter of the
+///   recovery time, as far as the accepted traffic backs it) until the next 429, which, sent at a known paced
+///   rate, gives a ceiling to trust.
 /// - On a 429 (a congestion event) the `ceiling` becomes the level that was too much: the rate the server
 ///   accepted over the last second when sending was unlimited; when paced, the lower of the paced rate and
 ///   the rate accepted since the last pause ended (time spent paused would depress the measure). The
@@ -65,6 +70,8 @@ public struct AdaptiveRateController<Instant: InstantProtocol>: Sendable where I
     public private(set) var rate: Double?
     /// The level found too much at the last 429.
     public private(set) var ceiling: Double?
+    /// True after an early 429 gave no ceiling to trust: grow fast until the next 429.
+    public private(set) var isSlowStarting = false
     private var lastUpdate: Instant?
     private var lastDecrease: Instant?
     private var consecutiveEvents = 0
@@ -102,11 +109,28 @@ public struct AdaptiveRateController<Instant: InstantProtocol>: Sendable where I
         if let lastDecrease, sentAt < lastDecrease { return false }
         grow(now: now)
         var level = rate ?? max(acceptedRate(now: now), configuration.minimumRate)
-        if rate != nil, let activeSince, activeSince.duration(to: now) >= configuration.measurementWindow / 4 {
-            level = max(min(level, acceptedRate(now: now, since: activeSince)), configuration.minimumRate)
+        let quarter = configuration.measurementWindow / 4
+        var since = activeSince
+        if isSlowStarting {
+            // The rate doubles fast: only the last quarter window tells what the server accepts.
+            let recent = now.advanced(by: .zero - quarter)
+            since = max(since ?? recent, recent)
+        }
+        if rate != nil, let since, since.duration(to: now) >= quarter {
+            level = max(min(level, acceptedRate(now: now, since: since)), configuration.minimumRate)
         }
         if let lastDecrease, lastDecrease.duration(to: now) > configuration.recoveryTime * 4 { consecutiveEvents = 0 }
         consecutiveEvents += 1
+        if rate == nil, trafficDuration(now: now) < configuration.measurementWindow / 2 {
+            // Too early to tell a rate from a burst allowance: no ceiling, slow start from the estimate.
+            isSlowStarting = true
+            ceiling = nil
+            rate = clamp(level)
+            lastDecrease = now
+            lastUpdate = now
+            return true
+        }
+        isSlowStarting = false
         ceiling = level
         let factor = pow(configuration.decrease, Double(min(consecutiveEvents, 8)))
         rate = clamp(level * max(factor, 0.5))
@@ -122,9 +146,15 @@ public struct AdaptiveRateController<Instant: InstantProtocol>: Sendable where I
         guard seconds > 0, seconds < window else { return acceptedRate(now: now) }
         let current = slotNumber(now)
         let first = slotNumber(since)
-        var total = 0
-        for slot in slots where slot.number >= first && slot.number <= current { total += slot.count }
-        return Double(total) / seconds
+        var total = 0.0
+        for slot in slots where slot.number > first && slot.number <= current { total += Double(slot.count) }
+        // Of the slot holding `since`, count only the share after it (calls are assumed spread evenly).
+        if let slot = slots.first(where: { $0.number == first }) {
+            let slotLength = configuration.measurementWindow.secondsValue / Double(slots.count)
+            let start = (origin.map { $0.duration(to: since).secondsValue } ?? 0) / slotLength - Double(first)
+            total += Double(slot.count) * max(0, min(1, 1 - start))
+        }
+        return total / seconds
     }
 
     /// Calls accepted per second over the measurement window ending `now`.
@@ -151,7 +181,12 @@ public struct AdaptiveRateController<Instant: InstantProtocol>: Sendable where I
         guard elapsed > 0 else { return }
         var next = rate
         let target = (ceiling ?? rate) * configuration.settle
-        if rate < target {
+        if isSlowStarting {
+            // Grow only while calls are being accepted, and not far beyond them (the window's average lags a
+            // rate that doubles every quarter second by about a third): an idle spell banks no rate.
+            let doubled = rate * exp2(elapsed / (configuration.recoveryTime.secondsValue / 4))
+            next = min(doubled, max(rate, 8 * acceptedRate(now: now)))
+        } else if rate < target {
             let keep = exp2(-elapsed / configuration.recoveryTime.secondsValue)
             next = target - (target - rate) * keep
             // The approach is asymptotic: call it reached when within 0.5%, so that probing can begin.
@@ -170,6 +205,11 @@ public struct AdaptiveRateController<Instant: InstantProtocol>: Sendable where I
             }
         }
         self.rate = clamp(next)
+    }
+
+    /// Time since the first accepted call (zero before any).
+    private func trafficDuration(now: Instant) -> Duration {
+        origin.map { $0.duration(to: now) } ?? .zero
     }
 
     private func clamp(_ value: Double) -> Double {

@@ -87,6 +87,41 @@ struct AdaptiveRateControllerTests {
         #expect(rate > 150 && rate < 400, "20 calls in the first 50 ms: ~200/s (over at least 100 ms), not 20/s")
     }
 
+    @Test("a 429 before any accepted answer does not collapse the rate: slow start finds the limit")
+    func slowStartAfterAnEarly429() throws {
+        var controller = AdaptiveRateController<Instant>()
+        // 32 calls at once against a 100/s limit with a burst of 10: the first answer back is a 429.
+        controller.recordThrottled(sentAt: at(0), now: at(0.002))
+        #expect(controller.isSlowStarting && controller.ceiling == nil)
+        // The throttle's loop against a token bucket (100/s, burst 10), with a 250 ms pause per event.
+        var tokens = 10.0
+        var credit = 0.0
+        var pausedUntil = 0.252
+        var events = 1
+        var acceptedAfterFiveSeconds = 0
+        for step in 1...1_000 {
+            let now = 0.002 + Double(step) * 0.01
+            tokens = min(10, tokens + 100 * 0.01)
+            guard now >= pausedUntil else { continue }
+            credit += (controller.currentRate(now: at(now)) ?? 1_000) * 0.01
+            while credit >= 1 {
+                credit -= 1
+                if tokens >= 1 {
+                    tokens -= 1
+                    controller.recordAccepted(now: at(now))
+                    if now >= 5 { acceptedAfterFiveSeconds += 1 }
+                } else if controller.recordThrottled(sentAt: at(now), now: at(now), activeSince: at(pausedUntil)) {
+                    events += 1
+                    pausedUntil = now + 0.25
+                    credit = 0
+                }
+            }
+        }
+        #expect(!controller.isSlowStarting && controller.ceiling != nil)
+        #expect(events <= 4, "slow start ends at the first paced 429")
+        #expect(acceptedAfterFiveSeconds >= 450, "settles near the limit: \(acceptedAfterFiveSeconds) of 500 in 5 s")
+    }
+
     @Test("a 429 while paced above the limit falls to what the server accepted since the last pause")
     func pacedAboveTheLimit() throws {
         var controller = AdaptiveRateController<Instant>()
