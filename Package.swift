@@ -19,6 +19,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        // Tests only: parses docker-compose.yml.
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
         // The command-line entry point: a thin shell over EnrichCLI.
@@ -28,7 +32,9 @@ let package = Package(
             name: "EnrichCLI",
             dependencies: [
                 "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "EnrichWorker", "NymbleSimulator",
+                "EnrichJobs", "EnrichMetrics",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -40,7 +46,21 @@ let package = Package(
             dependencies: [
                 "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Scheduled jobs: job definitions (jobs/*.json) and the health verdict of `status --check`.
+        .target(name: "EnrichJobs", dependencies: ["EnrichQueue"], swiftSettings: swiftSettings),
+        // The Prometheus endpoint of `enrich run --metrics-port`.
+        .target(
+            name: "EnrichMetrics",
+            dependencies: [
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -88,7 +108,9 @@ let package = Package(
         // Pure logic, no I/O: injected clocks, no database, no network.
         .testTarget(
             name: "EnrichUnitTests",
-            dependencies: ["EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "EnrichWorker", "EnrichCLI"],
+            dependencies: [
+                "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "EnrichWorker", "EnrichCLI", "EnrichJobs",
+            ],
             swiftSettings: swiftSettings
         ),
         // Real PostgreSQL and the simulator over loopback HTTP.
@@ -96,7 +118,11 @@ let package = Package(
             name: "EnrichIntegrationTests",
             dependencies: [
                 "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "EnrichWorker", "NymbleSimulator",
-                "EnrichCLI",
+                "EnrichCLI", "EnrichJobs", "EnrichMetrics",
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -11,6 +11,7 @@ func printError(_ text: String) {
 public func exitCode(for error: any Error) -> Int32 {
     switch error {
     case is InputError: return EnrichExitCode.badInput
+    case is JobLockHeldError: return EnrichExitCode.overlap
     case is ConfigurationError: return EnrichExitCode.configuration
     case let error as DatabaseError:
         if error.code == .badSource { return EnrichExitCode.badInput }

@@ -1,3 +1,4 @@
+import EnrichWorker
 import Foundation
 import Logging
 import NymbleAPI
@@ -42,15 +43,18 @@ public enum LoggingSetup {
             return !done
         }
         guard shouldBootstrap else { return }
-        LoggingSystem.bootstrap { label in
-            var handler: any LogHandler
-            switch format {
-            case .text: handler = StreamLogHandler.standardError(label: label)
-            case .json: handler = JSONLogHandler(label: label)
-            }
-            handler.logLevel = level
-            return handler
-        }
+        LoggingSystem.bootstrap(
+            { label, provider in
+                var handler: any LogHandler
+                switch format {
+                case .text: handler = StreamLogHandler.standardError(label: label, metadataProvider: provider)
+                case .json: handler = JSONLogHandler(label: label, metadataProvider: provider)
+                }
+                handler.logLevel = level
+                return handler
+            },
+            metadataProvider: RunLogContext.metadataProvider
+        )
     }
 }
 
@@ -62,7 +66,10 @@ public struct JSONLogHandler: LogHandler {
     private let label: String
     private static let output = Mutex(())
 
-    public init(label: String) { self.label = label }
+    public init(label: String, metadataProvider: Logger.MetadataProvider? = nil) {
+        self.label = label
+        self.metadataProvider = metadataProvider
+    }
 
     public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
         get { metadata[key] }

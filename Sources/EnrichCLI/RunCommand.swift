@@ -1,4 +1,6 @@
 import ArgumentParser
+import EnrichJobs
+import EnrichMetrics
 import EnrichQueue
 import EnrichThrottle
 import EnrichToken
@@ -6,6 +8,7 @@ import EnrichWorker
 import Foundation
 import Logging
 import NymbleAPI
+import Prometheus
 import ServiceLifecycle
 import Synchronization
 
@@ -35,20 +38,30 @@ struct RunCommand: AsyncParsableCommand {
     }
 
     private func execute() async throws -> Int32 {
-        let environment = Environment()
+        let (job, environment) = try resolveJob(Environment())
         let logger = try database.makeLogger()
         let databaseConfiguration = try database.configuration(environment)
         let settings = try options.settings(environment)
         let progress = ProgressPrinter.make(mode: settings.progress, logEvery: settings.progressLogInterval)
+        let registry = settings.metricsPort.map { _ in PrometheusCollectorRegistry() }
+        let metrics = registry.map { RunMetrics(factory: PrometheusMetricsFactory(registry: $0)) } ?? RunMetrics()
+        var services: [any Service] = []
+        if let registry, let port = settings.metricsPort {
+            services.append(MetricsEndpoint(registry: registry, host: settings.metricsHost, port: port, logger: logger))
+        }
         let report: RunReport = try await Database.withDatabase(databaseConfiguration, logger: logger) { db in
             try await NymbleClient.withClient(configuration: settings.client, logger: logger) { client in
-                try await Self.runWorker(
+                let run = RunInvocation(
                     database: db,
                     client: client,
                     settings: settings,
+                    metrics: metrics,
+                    services: services,
                     progress: progress,
                     logger: logger
                 )
+                guard let job else { return try await run.runWorker() }
+                return try await JobLock.withLock(jobName: job.name, database: db) { try await run.runJob(job) }
             }
         }
         progress?.finish()
@@ -56,30 +69,18 @@ struct RunCommand: AsyncParsableCommand {
         return exitCode(for: report, follow: settings.worker.follow)
     }
 
-    private static func runWorker(
-        database: Database,
-        client: NymbleClient,
-        settings: RunOptions.Settings,
-        progress: ProgressPrinter?,
-        logger: Logger
-    ) async throws -> RunReport {
-        let credentials = settings.credentials
-        let store = SharedTokenStore(configuration: settings.token, clock: ContinuousClock(), logger: logger) {
-            try await client.login(credentials)
+    /// The job named by `--job` (or ENRICH_JOB), and the environment with its settings layered under the
+    /// process environment (flag > environment > job file > default).
+    private func resolveJob(_ environment: Environment) throws -> (JobDefinition?, Environment) {
+        guard let reference = try options.job ?? environment.value("ENRICH_JOB") else { return (nil, environment) }
+        if options.jobName != nil {
+            throw ValidationError("--job-name cannot be combined with --job: a job's runs are recorded under its name")
         }
-        var onProgress: (@Sendable (WorkerProgress) -> Void)?
-        if let progress {
-            onProgress = { progress.show($0, logger: logger) }
-        }
-        let worker = Worker(
-            configuration: settings.worker,
-            database: database,
-            client: client,
-            tokens: store,
-            logger: logger,
-            onProgress: onProgress
-        )
-        return try await WorkerService.run(worker, logger: logger)
+        let directory = try options.jobsDirectory ?? environment.value("ENRICH_JOBS_DIR") ?? "jobs"
+        let job = try JobDefinition.load(reference, directory: directory)
+        var layered = Environment(job.settings.merging(environment.values) { _, process in process })
+        layered.values["ENRICH_JOB_NAME"] = job.name
+        return (job, layered)
     }
 
     func exitCode(for report: RunReport, follow: Bool) -> Int32 {
@@ -95,6 +96,82 @@ struct RunCommand: AsyncParsableCommand {
     }
 }
 
+/// One `enrich run` invocation once its database, API client and settings are ready.
+struct RunInvocation {
+    let database: Database
+    let client: NymbleClient
+    let settings: RunOptions.Settings
+    let metrics: RunMetrics
+    let services: [any Service]
+    let progress: ProgressPrinter?
+    let logger: Logger
+
+    /// A job run, under the job's lock: mark dead runs of the job abandoned, enqueue its source, drain.
+    func runJob(_ job: JobDefinition) async throws -> RunReport {
+        let jobRuns = JobRuns(database: database)
+        let runner = "\(ProcessInfo.processInfo.hostName):\(ProcessInfo.processInfo.processIdentifier)"
+        let abandoned = try await jobRuns.abandonStale(
+            jobName: job.name,
+            staleAfter: settings.staleAfter,
+            markedBy: runner
+        )
+        for id in abandoned {
+            logger.warning(
+                "marked a dead run of this job abandoned (stale heartbeat)",
+                metadata: ["job": "\(job.name)", "abandoned_run_id": "\(id)"]
+            )
+        }
+        if case .sql(let sql) = job.source {
+            do {
+                let summary = try await Queue(database: database).enqueue(
+                    fromSQL: sql,
+                    maxAttempts: settings.worker.maxAttempts ?? 5,
+                    origin: "\(job.path): source.sql"
+                )
+                logger.info(
+                    "enqueued the job's source",
+                    metadata: [
+                        "job": "\(job.name)", "read": "\(summary.read)", "new": "\(summary.inserted)",
+                        "queued_again": "\(summary.requeued)", "already_queued": "\(summary.alreadyQueued)",
+                    ]
+                )
+            } catch {
+                // Record the failed run, so that `status --check` sees a broken nightly job.
+                let id = try await jobRuns.start(
+                    jobName: job.name,
+                    trigger: settings.worker.trigger,
+                    totalItems: nil
+                )
+                try await jobRuns.finish(id: id, state: .failed, counters: RunCounters(), lastError: "\(error)")
+                throw error
+            }
+        }
+        return try await runWorker()
+    }
+
+    func runWorker() async throws -> RunReport {
+        let (client, credentials) = (client, settings.credentials)
+        let store = SharedTokenStore(configuration: settings.token, clock: ContinuousClock(), logger: logger) {
+            try await client.login(credentials)
+        }
+        var onProgress: (@Sendable (WorkerProgress) -> Void)?
+        if let progress {
+            let logger = logger
+            onProgress = { progress.show($0, logger: logger) }
+        }
+        let worker = Worker(
+            configuration: settings.worker,
+            database: database,
+            client: client,
+            tokens: store,
+            logger: logger,
+            metrics: metrics,
+            onProgress: onProgress
+        )
+        return try await WorkerService.run(worker, alongside: services, logger: logger)
+    }
+}
+
 /// Runs the worker under a `ServiceGroup` that turns SIGINT/SIGTERM into a graceful shutdown.
 final class WorkerService: Service {
     private let worker: Worker
@@ -107,11 +184,14 @@ final class WorkerService: Service {
         report.withLock { $0 = result }
     }
 
-    static func run(_ worker: Worker, logger: Logger) async throws -> RunReport {
+    /// Runs `worker` (and `services`, such as the metrics endpoint, which stop with it).
+    static func run(_ worker: Worker, alongside services: [any Service] = [], logger: Logger) async throws -> RunReport
+    {
         let service = WorkerService(worker)
         let group = ServiceGroup(
             configuration: .init(
-                services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
+                services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)]
+                    + services.map { .init(service: $0) },
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             )

@@ -151,6 +151,47 @@ struct RunOptions: ParsableArguments {
     )
     var apiURL: String?
 
+    @Option(
+        help: ArgumentHelp(
+            "Run a job from jobs/: a name (looked up as --jobs-dir/NAME.json) or a path. Its source is enqueued, then drained, as one run under the job's lock; its settings apply where no flag or variable is given (env ENRICH_JOB).",
+            valueName: "name|path"
+        )
+    )
+    var job: String?
+
+    @Option(
+        name: .customLong("jobs-dir"),
+        help: ArgumentHelp("Where --job looks up names (env ENRICH_JOBS_DIR; default jobs).", valueName: "dir")
+    )
+    var jobsDirectory: String?
+
+    @Option(
+        name: .customLong("stale-after"),
+        help: ArgumentHelp(
+            "With --job: a running row of the job whose heartbeat is older than this many seconds is marked abandoned (env ENRICH_STALE_AFTER; default 60).",
+            valueName: "seconds"
+        )
+    )
+    var staleAfter: Double?
+
+    @Option(
+        name: .customLong("metrics-port"),
+        help: ArgumentHelp(
+            "Serve Prometheus metrics on this TCP port at /metrics, 0 for any free port (env ENRICH_METRICS_PORT; default off).",
+            valueName: "port"
+        )
+    )
+    var metricsPort: Int?
+
+    @Option(
+        name: .customLong("metrics-host"),
+        help: ArgumentHelp(
+            "Address the metrics endpoint binds (env ENRICH_METRICS_HOST; default 0.0.0.0).",
+            valueName: "address"
+        )
+    )
+    var metricsHost: String?
+
     @Option(name: .customLong("org-code"), help: ArgumentHelp("OrgCode (env NYMBLE_ORG_CODE).", valueName: "code"))
     var orgCode: String?
 
@@ -165,6 +206,9 @@ struct RunOptions: ParsableArguments {
         var credentials: NymbleCredentials
         var progress: ProgressPrinter.Mode
         var progressLogInterval: Duration
+        var staleAfter: Duration
+        var metricsPort: Int?
+        var metricsHost: String
     }
 
     func settings(_ environment: Environment) throws -> Settings {
@@ -221,6 +265,10 @@ struct RunOptions: ParsableArguments {
         guard let secret = try environment.value("NYMBLE_CLIENT_SECRET") else {
             throw ConfigurationError("no API secret: set NYMBLE_CLIENT_SECRET or NYMBLE_CLIENT_SECRET_FILE")
         }
+        let metricsPort = try self.metricsPort ?? environment.parsed("ENRICH_METRICS_PORT", as: Int.self)
+        if let metricsPort, !(0...65_535).contains(metricsPort) {
+            throw ValidationError("--metrics-port must be 0-65535 (got \(metricsPort))")
+        }
         let progressText = try progress ?? environment.value("ENRICH_PROGRESS") ?? "auto"
         guard let progress = ProgressPrinter.Mode(rawValue: progressText) else {
             throw ValidationError("--progress must be auto, line, log or off (got \(progressText))")
@@ -236,7 +284,10 @@ struct RunOptions: ParsableArguments {
                 progressLogInterval,
                 "ENRICH_PROGRESS_LOG_INTERVAL",
                 "--progress-log-interval"
-            ) ?? .seconds(10)
+            ) ?? .seconds(10),
+            staleAfter: try seconds(environment, staleAfter, "ENRICH_STALE_AFTER", "--stale-after") ?? .seconds(60),
+            metricsPort: metricsPort,
+            metricsHost: try metricsHost ?? environment.value("ENRICH_METRICS_HOST") ?? "0.0.0.0"
         )
     }
 

@@ -1,4 +1,5 @@
 import ArgumentParser
+import EnrichJobs
 import EnrichQueue
 import Foundation
 
@@ -6,7 +7,13 @@ import Foundation
 struct StatusCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "status",
-        abstract: "Show queue counts by state and the recent job runs (progress, rate, ETA for a running one)."
+        abstract: "Show queue counts by state and the recent job runs (progress, rate, ETA for a running one).",
+        discussion: """
+            With --check it prints one line about the last run (of --job, or of any job) for monitoring \
+            (Nagios-style checks, cron mail) and exits 7 when that run failed, was interrupted or abandoned, \
+            is stuck (running with a heartbeat older than --stale-after), or started longer than --max-age \
+            ago; 0 otherwise (OK: running or succeeded). Exit 4 when the database cannot be reached.
+            """
     )
 
     @OptionGroup var database: DatabaseOptions
@@ -20,26 +27,77 @@ struct StatusCommand: AsyncParsableCommand {
     @Flag(help: "Print one JSON object instead of a table.")
     var json = false
 
+    @Flag(help: "Check the last run: one line, exit 7 on a problem (see above).")
+    var check = false
+
+    @Option(
+        name: .customLong("max-age"),
+        help: ArgumentHelp(
+            "With --check: a problem when the last run started longer ago than this, e.g. 26h, 90m, 3600 (seconds) (env ENRICH_MAX_AGE; default no limit).",
+            valueName: "duration"
+        )
+    )
+    var maxAge: String?
+
+    @Option(
+        name: .customLong("stale-after"),
+        help: ArgumentHelp(
+            "With --check: a running run whose heartbeat is older than this many seconds is stuck (env ENRICH_STALE_AFTER; default 60).",
+            valueName: "seconds"
+        )
+    )
+    var staleAfter: Double?
+
     func validate() throws {
         if limit < 0 { throw ValidationError("--limit must not be negative") }
     }
 
     func run() async throws {
-        try await reportingErrors {
-            let logger = try database.makeLogger()
-            let configuration = try database.configuration()
-            let (counts, runs) = try await Database.withDatabase(configuration, logger: logger) { db in
-                let queue = Queue(database: db)
-                try await queue.compactCounts()
-                return (try await queue.counts(), try await JobRuns(database: db).recent(limit: limit, jobName: job))
+        try await reportingErrors { try await check ? runCheck() : show() }
+    }
+
+    private func runCheck() async throws -> Int32 {
+        let environment = Environment()
+        let maxAgeText = try maxAge ?? environment.value("ENRICH_MAX_AGE")
+        let maxAge = try maxAgeText.map { text in
+            guard let duration = DurationText.parse(text) else {
+                throw ValidationError("--max-age must be a duration such as 26h, 90m or 3600 (got \(text))")
             }
-            let report = StatusReport(schema: configuration.schema, queue: counts, runs: runs)
-            if json {
-                print(String(decoding: try JSONEncoder.sorted.encode(report), as: UTF8.self))
-            } else {
-                print(report.text())
-            }
-            return EnrichExitCode.success
+            return duration
         }
+        let stale = try staleAfter ?? environment.parsed("ENRICH_STALE_AFTER", as: Double.self) ?? 60
+        guard stale > 0, stale.isFinite else { throw ValidationError("--stale-after must be more than 0 seconds") }
+        let logger = try database.makeLogger()
+        let configuration = try database.configuration(environment)
+        let job = self.job
+        let latest = try await Database.withDatabase(configuration, logger: logger) { db in
+            try await JobRuns(database: db).recent(limit: 1, jobName: job).first
+        }
+        let health = RunHealth.judge(
+            job: job,
+            latest: latest,
+            now: Date(),
+            maxAge: maxAge,
+            staleAfter: .seconds(stale)
+        )
+        print(health.line)
+        return health.isProblem ? EnrichExitCode.checkFailed : EnrichExitCode.success
+    }
+
+    private func show() async throws -> Int32 {
+        let logger = try database.makeLogger()
+        let configuration = try database.configuration()
+        let (counts, runs) = try await Database.withDatabase(configuration, logger: logger) { db in
+            let queue = Queue(database: db)
+            try await queue.compactCounts()
+            return (try await queue.counts(), try await JobRuns(database: db).recent(limit: limit, jobName: job))
+        }
+        let report = StatusReport(schema: configuration.schema, queue: counts, runs: runs)
+        if json {
+            print(String(decoding: try JSONEncoder.sorted.encode(report), as: UTF8.self))
+        } else {
+            print(report.text())
+        }
+        return EnrichExitCode.success
     }
 }

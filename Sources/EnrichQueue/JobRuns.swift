@@ -68,6 +68,34 @@ public struct JobRun: Sendable, Codable, Equatable {
     public var totalItems: Int64?
     public var counters: RunCounters
     public var lastError: String?
+
+    public init(
+        id: Int64,
+        jobName: String,
+        trigger: RunTrigger,
+        host: String,
+        pid: Int32,
+        state: RunState,
+        startedAt: Date,
+        finishedAt: Date?,
+        heartbeatAt: Date,
+        totalItems: Int64?,
+        counters: RunCounters,
+        lastError: String?
+    ) {
+        self.id = id
+        self.jobName = jobName
+        self.trigger = trigger
+        self.host = host
+        self.pid = pid
+        self.state = state
+        self.startedAt = startedAt
+        self.finishedAt = finishedAt
+        self.heartbeatAt = heartbeatAt
+        self.totalItems = totalItems
+        self.counters = counters
+        self.lastError = lastError
+    }
 }
 
 /// The typed API over the job runs table.
@@ -135,15 +163,38 @@ public struct JobRuns: Sendable {
         }
     }
 
-    /// The most recent runs, newest first, optionally of one job.
-    public func recent(limit: Int = 10, jobName: String? = nil) async throws -> [JobRun] {
+    /// Marks `running` rows of `jobName` whose heartbeat is older than `staleAfter` as `abandoned`: their
+    /// process died or hung (the caller holds the job's lock, so no live run of the job is left). Returns
+    /// the ids marked.
+    public func abandonStale(jobName: String, staleAfter: Duration, markedBy runner: String) async throws -> [Int64] {
+        let seconds = Double(staleAfter.components.seconds) + Double(staleAfter.components.attoseconds) / 1e18
+        return try await run("mark stale runs abandoned") {
+            let rows = try await database.client.query(
+                """
+                UPDATE \(unescaped: schema).job_runs SET state = 'abandoned', finished_at = now(),
+                    last_error = 'no heartbeat since ' || to_char(heartbeat_at AT TIME ZONE 'UTC',
+                        'YYYY-MM-DD"T"HH24:MI:SS"Z"') || ' (host ' || host || ', pid ' || pid || '); marked by '
+                        || \(runner)
+                WHERE job_name = \(jobName) AND state = 'running'
+                    AND heartbeat_at < now() - make_interval(secs => \(seconds))
+                RETURNING id
+                """,
+                logger: logger
+            ).collect()
+            return try rows.map { try $0.decode(Int64.self) }
+        }
+    }
+
+    /// The most recent runs, newest first, optionally of one job and in one state.
+    public func recent(limit: Int = 10, jobName: String? = nil, state: RunState? = nil) async throws -> [JobRun] {
         try await run("read job runs") {
             let rows = try await database.client.query(
                 """
                 SELECT id, job_name, trigger, host, pid, state, started_at, finished_at, heartbeat_at, total_items,
                     claimed, succeeded, failed, retried, throttled, logins, last_error
                 FROM \(unescaped: schema).job_runs
-                WHERE \(jobName)::text IS NULL OR job_name = \(jobName)
+                WHERE (\(jobName)::text IS NULL OR job_name = \(jobName))
+                    AND (\(state?.rawValue)::text IS NULL OR state = \(state?.rawValue))
                 ORDER BY started_at DESC, id DESC
                 LIMIT \(Int32(clamping: limit))
                 """,

@@ -58,9 +58,16 @@ public struct Queue: Sendable {
     /// The query runs in the queue's database with the caller's privileges; it must return exactly two
     /// columns, organization id then user id, castable to text. Rows with a null, empty, whitespace-only or
     /// over-256-character id reject the whole source, naming the first such row.
-    public func enqueue(fromSQL sql: String, maxAttempts: Int32 = 5) async throws -> EnqueueSummary {
+    ///
+    /// - Parameter origin: where the query came from, to start error messages with (`--from-sql`, or a job
+    ///   file's `jobs/nightly.json: source.sql`).
+    public func enqueue(
+        fromSQL sql: String,
+        maxAttempts: Int32 = 5,
+        origin: String = "--from-sql"
+    ) async throws -> EnqueueSummary {
         let trimmed = sql.trimmingCharacters(in: .whitespacesAndNewlines.union(.init(charactersIn: ";")))
-        guard !trimmed.isEmpty else { throw DatabaseError(.badSource, "--from-sql: the query is empty") }
+        guard !trimmed.isEmpty else { throw DatabaseError(.badSource, "\(origin): the query is empty") }
         let source = trimmed
         do {
             return try await database.client.withTransaction(logger: logger) { connection in
@@ -72,7 +79,7 @@ public struct Queue: Sendable {
                 guard first.count == 2 else {
                     throw DatabaseError(
                         .badSource,
-                        "--from-sql: the query returns \(first.count) columns; it must return exactly 2 "
+                        "\(origin): the query returns \(first.count) columns; it must return exactly 2 "
                             + "(organization id, then user id)"
                     )
                 }
@@ -91,7 +98,7 @@ public struct Queue: Sendable {
                 if let bad = check.first {
                     let (_, row, organization, user) = try bad.decode((Int64, Int64, String?, String?).self)
                     let problem = Self.problem(organization: organization, user: user)
-                    throw DatabaseError(.badSource, "--from-sql row \(row): \(problem); nothing was enqueued")
+                    throw DatabaseError(.badSource, "\(origin) row \(row): \(problem); nothing was enqueued")
                 }
                 let total =
                     try await connection.query(
@@ -113,8 +120,10 @@ public struct Queue: Sendable {
         } catch {
             let error = unwrapTransactionError(error)
             if let error = error as? DatabaseError { throw error }
-            let wrapped = DatabaseError.wrap(error, during: "--from-sql")
-            throw DatabaseError(.badSource, wrapped.message + "; nothing was enqueued")
+            let wrapped = DatabaseError.wrap(error, during: origin)
+            // A missing table here is the user's, not enrich's: drop the "run enrich migrate" hint.
+            let message = wrapped.message.replacingOccurrences(of: ". Run `enrich migrate` first.", with: "")
+            throw DatabaseError(.badSource, message + "; nothing was enqueued")
         }
     }
 

@@ -45,13 +45,16 @@ struct ItemProcessor<C: Clock>: Sendable where C.Duration == Duration {
             }
             statistics.update { $0.calls += 1 }
             let answer: AccessAnswer
+            let callStarted = ContinuousClock.now
             do {
                 answer = try await client.access(
                     organizationId: item.pair.organizationId,
                     userId: item.pair.userId,
                     token: issued.token
                 )
+                statistics.metrics.recordCall(nil, duration: callStarted.duration(to: .now))
             } catch {
+                statistics.metrics.recordCall(error.code, duration: callStarted.duration(to: .now))
                 if Task.isCancelled { return .released(item, after: .zero) }
                 switch error.code {
                 case .rateLimited:
@@ -68,14 +71,17 @@ struct ItemProcessor<C: Clock>: Sendable where C.Duration == Duration {
                     statistics.update { $0.unauthorized += 1 }
                     unauthorizedRetries += 1
                     if unauthorizedRetries > configuration.maximumUnauthorizedRetries {
+                        statistics.metrics.recordError("unauthorized")
                         return retryLater(item, reason: "\(error) (still 401 after \(unauthorizedRetries) re-logins)")
                     }
                     continue
                 case .badRequest:
                     await throttle.accepted()
+                    statistics.metrics.recordError(RunMetrics.name(of: error.code))
                     return .failed(.permanent(item, reason: error.description))
                 default:
                     await throttle.accepted()
+                    statistics.metrics.recordError(RunMetrics.name(of: error.code))
                     return retryLater(item, reason: error.description)
                 }
             }

@@ -137,6 +137,10 @@ struct Pipeline<C: Clock>: Sendable where C.Duration == Duration {
                 let (jobRuns, queue, runID, owner, lease) = (jobRuns, queue, runID, owner, configuration.lease)
                 try await database.run("heartbeat") { try await jobRuns.heartbeat(id: runID, counters: counters) }
                 _ = try await database.run("extend leases") { try await queue.extendLeases(owner: owner, lease: lease) }
+                let queueCounts = try await database.run("count queue rows") { try await queue.counts() }
+                statistics.metrics.recordQueue(queueCounts)
+                statistics.metrics.recordLoginTotal(Int(counters.logins))
+                statistics.metrics.recordRate(await throttle.currentRate())
                 sinceCompaction += configuration.heartbeatInterval
                 if sinceCompaction >= compactionInterval {
                     sinceCompaction = .zero

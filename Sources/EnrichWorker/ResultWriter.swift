@@ -141,6 +141,11 @@ actor ResultWriter {
             throw error
         }
         let stale = completed.staleIDs.count + failed.staleIDs.count + released.staleIDs.count
+        statistics.metrics.recordWritten(
+            done: completed.written,
+            failed: failed.failedPermanently,
+            retried: failed.written - failed.failedPermanently
+        )
         statistics.update {
             $0.counters.succeeded += Int64(completed.written)
             $0.counters.failed += Int64(failed.failedPermanently)

@@ -1,7 +1,7 @@
 import EnrichQueue
 import Synchronization
 
-/// The live counters of one run, updated by every worker task (a lock around a small struct: each update is
+/// The live counters of one run (and its swift-metrics), updated by every worker task (a lock around a small struct: each update is
 /// a few additions, far below the cost of the HTTP call it accounts for).
 public final class RunStatistics: Sendable {
     /// What the progress line and the job runs row show.
@@ -20,8 +20,10 @@ public final class RunStatistics: Sendable {
     }
 
     private let state = Mutex(Snapshot())
+    /// Where the same events go as swift-metrics (counters, the latency histogram, gauges).
+    public let metrics: RunMetrics
 
-    public init() {}
+    public init(metrics: RunMetrics = RunMetrics()) { self.metrics = metrics }
 
     func update(_ body: (inout Snapshot) -> Void) { state.withLock { body(&$0) } }
 

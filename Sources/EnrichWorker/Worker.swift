@@ -68,6 +68,7 @@ public struct Worker: Service {
     private let tokens: any TokenProvider
     private let logger: Logger
     private let onProgress: (@Sendable (WorkerProgress) -> Void)?
+    private let metrics: RunMetrics
 
     public init(
         configuration: WorkerConfiguration,
@@ -75,8 +76,10 @@ public struct Worker: Service {
         client: NymbleClient,
         tokens: any TokenProvider,
         logger: Logger,
+        metrics: RunMetrics = RunMetrics(),
         onProgress: (@Sendable (WorkerProgress) -> Void)? = nil
     ) {
+        self.metrics = metrics
         self.configuration = configuration
         self.queue = Queue(database: database)
         self.jobRuns = JobRuns(database: database)
@@ -117,7 +120,7 @@ public struct Worker: Service {
 
         let clock = ContinuousClock()
         let started = clock.now
-        let statistics = RunStatistics()
+        let statistics = RunStatistics(metrics: metrics)
         let control = RunControl()
         let database = DatabaseGuard(limit: configuration.databaseOutageLimit, logger: logger)
         let source = ItemSource(
@@ -172,10 +175,12 @@ public struct Worker: Service {
             logger: logger,
             onProgress: onProgress
         )
-        await pipeline.run()
+        await RunLogContext.$runID.withValue(runID) { await pipeline.run() }
 
         if Task.isCancelled { control.interrupt() }
         let logins = await tokens.loginCount()
+        metrics.recordLoginTotal(logins)
+        if let counts = try? await queue.counts() { metrics.recordQueue(counts) }
         var counters = statistics.snapshot.counters
         counters.logins = Int64(logins)
         let fatal = control.fatalError

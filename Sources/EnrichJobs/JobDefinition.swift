@@ -1,0 +1,264 @@
+import EnrichQueue
+import Foundation
+
+/// A job definition from `jobs/NAME.json`: where the pairs come from and the settings of its runs.
+///
+/// ```json
+/// {
+///   "description": "Nightly sync of every active membership",
+///   "source": { "sql": "SELECT organization_id, user_id FROM app.memberships WHERE active" },
+///   "concurrency": 32,
+///   "max-attempts": 5
+/// }
+/// ```
+///
+/// The keys are the `enrich run` flag names; a flag or environment variable given at run time wins over the
+/// file (flag > environment > job file > default). `source` is `"queue"` (drain the pairs already enqueued)
+/// or `{"sql": "SELECT ..."}`, a query over the user's own tables returning two columns (organization id,
+/// user id), run at the start of every run. An unknown key or a value of the wrong type is an
+/// ``InputError`` naming the file and the key.
+public struct JobDefinition: Sendable, Equatable {
+    /// Where a run's pairs come from.
+    public enum Source: Sendable, Equatable {
+        /// The pairs already enqueued (by `enrich enqueue`, or by the user's own application).
+        case queue
+        /// A SELECT returning (organization id, user id), enqueued at the start of each run.
+        case sql(String)
+    }
+
+    /// The job's name: the file name without `.json`. Runs are recorded and locked under it.
+    public let name: String
+    /// The file it was read from.
+    public let path: String
+    public let description: String?
+    public let source: Source
+    /// Run settings as the environment variables of their flags (`ENRICH_CONCURRENCY` ...), to be layered
+    /// under the process environment.
+    public let settings: [String: String]
+
+    /// The settings a job file may hold: key → (environment variable, kind).
+    static let settingKeys: [String: (variable: String, kind: ValueKind)] = [
+        "concurrency": ("ENRICH_CONCURRENCY", .count),
+        "rate": ("ENRICH_RATE", .positiveNumber),
+        "max-attempts": ("ENRICH_MAX_ATTEMPTS", .count),
+        "claim-batch": ("ENRICH_CLAIM_BATCH", .count),
+        "lease": ("ENRICH_LEASE", .seconds),
+        "heartbeat": ("ENRICH_HEARTBEAT", .seconds),
+        "poll-interval": ("ENRICH_POLL_INTERVAL", .seconds),
+        "shutdown-grace": ("ENRICH_SHUTDOWN_GRACE", .secondsOrZero),
+        "db-outage-limit": ("ENRICH_DB_OUTAGE_LIMIT", .secondsOrZero),
+        "retry-base": ("ENRICH_RETRY_BASE", .seconds),
+        "retry-cap": ("ENRICH_RETRY_CAP", .seconds),
+        "request-timeout": ("ENRICH_REQUEST_TIMEOUT", .seconds),
+        "stale-after": ("ENRICH_STALE_AFTER", .seconds),
+        "progress-log-interval": ("ENRICH_PROGRESS_LOG_INTERVAL", .seconds),
+        "api-url": ("NYMBLE_BASE_URL", .text),
+    ]
+
+    enum ValueKind {
+        case count, positiveNumber, seconds, secondsOrZero, text
+
+        var expectation: String {
+            switch self {
+            case .count: return "a whole number of at least 1"
+            case .positiveNumber: return "a number above 0"
+            case .seconds: return "a number of seconds above 0"
+            case .secondsOrZero: return "a number of seconds, 0 or more"
+            case .text: return "a non-empty string"
+            }
+        }
+    }
+
+    /// Finds and reads a job: a path (containing `/` or ending in `.json`) or a name looked up as
+    /// `directory/NAME.json`.
+    public static func load(_ reference: String, directory: String) throws(InputError) -> JobDefinition {
+        let path =
+            reference.contains("/") || reference.hasSuffix(".json")
+            ? reference : (directory as NSString).appendingPathComponent(reference + ".json")
+        guard let data = FileManager.default.contents(atPath: path) else {
+            let known =
+                (try? FileManager.default.contentsOfDirectory(atPath: directory))?
+                .filter { $0.hasSuffix(".json") }.map { String($0.dropLast(5)) }.sorted() ?? []
+            let hint = known.isEmpty ? "" : " (jobs in \(directory): \(known.joined(separator: ", ")))"
+            throw InputError(file: path, line: nil, problem: "job definition not found or unreadable\(hint)")
+        }
+        return try parse(data, path: path)
+    }
+
+    /// Parses a job definition read from `path` (the name comes from the file name).
+    public static func parse(_ data: Data, path: String) throws(InputError) -> JobDefinition {
+        let name = ((path as NSString).lastPathComponent as NSString).deletingPathExtension
+        guard JobName.isValid(name) else {
+            throw InputError(
+                file: path,
+                line: nil,
+                problem: "the file name must be a job name: letters, digits, - and _ (got \(name))"
+            )
+        }
+        let root: [String: JSONValue]
+        do {
+            guard case .object(let object) = try JSONDecoder().decode(JSONValue.self, from: data) else {
+                throw InputError(file: path, line: nil, problem: "expected a JSON object at the top level")
+            }
+            root = object
+        } catch let error as InputError {
+            throw error
+        } catch {
+            throw Self.syntaxError(data, path: path, fallback: error)
+        }
+
+        var description: String?
+        var source: Source?
+        var settings: [String: String] = [:]
+        for key in root.keys.sorted() {
+            let value = root[key]!
+            func wrong(_ expectation: String) -> InputError {
+                InputError(file: path, line: nil, field: key, problem: "expected \(expectation), got \(value.summary)")
+            }
+            switch key {
+            case "description":
+                guard case .string(let text) = value else { throw wrong("a string") }
+                description = text
+            case "source":
+                source = try parseSource(value, path: path)
+            default:
+                guard let (variable, kind) = settingKeys[key] else {
+                    let known = (["description", "source"] + settingKeys.keys).sorted().joined(separator: ", ")
+                    throw InputError(file: path, line: nil, field: key, problem: "unknown key (known keys: \(known))")
+                }
+                guard let text = value.setting(kind) else { throw wrong(kind.expectation) }
+                settings[variable] = text
+            }
+        }
+        guard let source else {
+            throw InputError(
+                file: path,
+                line: nil,
+                field: "source",
+                problem: "missing: give \"queue\" or {\"sql\": \"SELECT organization_id, user_id FROM ...\"}"
+            )
+        }
+        return JobDefinition(name: name, path: path, description: description, source: source, settings: settings)
+    }
+
+    private static func parseSource(_ value: JSONValue, path: String) throws(InputError) -> Source {
+        switch value {
+        case .string("queue"):
+            return .queue
+        case .object(let object):
+            for key in object.keys where key != "sql" {
+                throw InputError(file: path, line: nil, field: "source.\(key)", problem: "unknown key (known: sql)")
+            }
+            guard case .string(let sql) = object["sql"],
+                !sql.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty
+            else {
+                throw InputError(file: path, line: nil, field: "source.sql", problem: "expected a non-empty SELECT")
+            }
+            return .sql(sql)
+        default:
+            throw InputError(
+                file: path,
+                line: nil,
+                field: "source",
+                problem: "expected \"queue\" or {\"sql\": \"SELECT ...\"}, got \(value.summary)"
+            )
+        }
+    }
+
+    /// Where the JSON breaks: JSONSerialization names the character offset; turn it into a line number.
+    private static func syntaxError(_ data: Data, path: String, fallback: any Error) -> InputError {
+        var detail = "\(fallback)"
+        do {
+            _ = try JSONSerialization.jsonObject(with: data)
+        } catch {
+            detail = (error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String ?? detail
+        }
+        guard let range = detail.range(of: "character "),
+            let offset = Int(detail[range.upperBound...].prefix { $0.isNumber })
+        else {
+            return InputError(file: path, line: nil, problem: "not valid JSON: \(detail)")
+        }
+        let before = data.prefix(offset)
+        let line = before.reduce(1) { $1 == UInt8(ascii: "\n") ? $0 + 1 : $0 }
+        let column = offset - (before.lastIndex(of: UInt8(ascii: "\n")).map { $0 + 1 } ?? 0) + 1
+        let reason = detail.replacingOccurrences(of: " around character \(offset)", with: "")
+            .trimmingCharacters(in: CharacterSet(charactersIn: "."))
+        return InputError(file: path, line: line, problem: "not valid JSON: \(reason) at column \(column)")
+    }
+}
+
+/// Job names: what `enrich run --job` accepts and what runs are recorded and locked under.
+public enum JobName {
+    public static func isValid(_ name: String) -> Bool {
+        !name.isEmpty && name.count <= 100
+            && name.unicodeScalars.allSatisfy { CharacterSet.alphanumerics.contains($0) || $0 == "-" || $0 == "_" }
+    }
+}
+
+/// Just enough of JSON to check a job file's types and name the wrong ones.
+enum JSONValue: Decodable, Equatable {
+    case null
+    case bool(Bool)
+    case number(Double)
+    case string(String)
+    case array([JSONValue])
+    case object([String: JSONValue])
+
+    init(from decoder: any Decoder) throws {
+        if let container = try? decoder.container(keyedBy: AnyKey.self) {
+            var object: [String: JSONValue] = [:]
+            for key in container.allKeys { object[key.stringValue] = try container.decode(JSONValue.self, forKey: key) }
+            self = .object(object)
+        } else if var container = try? decoder.unkeyedContainer() {
+            var array: [JSONValue] = []
+            while !container.isAtEnd { array.append(try container.decode(JSONValue.self)) }
+            self = .array(array)
+        } else {
+            let container = try decoder.singleValueContainer()
+            if container.decodeNil() {
+                self = .null
+            } else if let bool = try? container.decode(Bool.self) {
+                self = .bool(bool)
+            } else if let number = try? container.decode(Double.self) {
+                self = .number(number)
+            } else {
+                self = .string(try container.decode(String.self))
+            }
+        }
+    }
+
+    /// A short description for error messages.
+    var summary: String {
+        switch self {
+        case .null: return "null"
+        case .bool(let value): return "\(value)"
+        case .number(let value): return value == value.rounded() && abs(value) < 1e15 ? "\(Int64(value))" : "\(value)"
+        case .string(let value): return "the string \"\(value.prefix(60))\""
+        case .array: return "a list"
+        case .object: return "an object"
+        }
+    }
+
+    /// The value as the environment-variable text of a setting of `kind`, nil when of the wrong type or range.
+    func setting(_ kind: JobDefinition.ValueKind) -> String? {
+        switch (kind, self) {
+        case (.count, .number(let value)):
+            return value >= 1 && value <= Double(Int32.max) && value == value.rounded() ? "\(Int(value))" : nil
+        case (.positiveNumber, .number(let value)), (.seconds, .number(let value)):
+            return value > 0 && value.isFinite ? "\(value)" : nil
+        case (.secondsOrZero, .number(let value)):
+            return value >= 0 && value.isFinite ? "\(value)" : nil
+        case (.text, .string(let value)):
+            return value.isEmpty ? nil : value
+        default:
+            return nil
+        }
+    }
+
+    private struct AnyKey: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+}

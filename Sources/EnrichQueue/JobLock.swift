@@ -1,0 +1,73 @@
+import Foundation
+import Logging
+import PostgresNIO
+
+/// Another run of the same job holds its lock: the second invocation stops at once (exit 5).
+public struct JobLockHeldError: Error, CustomStringConvertible, Sendable {
+    public let jobName: String
+    /// The run that holds it, as recorded in the job runs table (nil if it has not recorded itself yet).
+    public let holder: JobRun?
+
+    public var description: String {
+        var text = "another run of job \(jobName) is in progress"
+        if let holder {
+            let started = holder.startedAt.formatted(.iso8601)
+            text += " (run \(holder.id) on host \(holder.host), pid \(holder.pid), started \(started))"
+        }
+        return text + "; not starting a second one"
+    }
+}
+
+/// Overlap protection for scheduled jobs: a PostgreSQL session-level advisory lock per job and schema, held
+/// on a dedicated connection for the whole run.
+///
+/// Works across hosts (every runner asks the same server), needs no pid file, and cannot outlive its holder:
+/// the server drops the lock when the session ends, so a crashed or SIGKILLed run does not block the next
+/// night.
+public enum JobLock {
+    /// Runs `body` while holding the lock of `jobName`; throws ``JobLockHeldError`` at once when another
+    /// session holds it.
+    public static func withLock<Result: Sendable>(
+        jobName: String,
+        database: Database,
+        _ body: () async throws -> Result
+    ) async throws -> Result {
+        let logger = database.logger
+        let key = "enrich:\(database.configuration.schema):\(jobName)"
+        let connection: PostgresConnection
+        do {
+            connection = try await PostgresConnection.connect(
+                configuration: try database.configuration.connectionConfiguration(),
+                id: 1,
+                logger: logger
+            )
+        } catch {
+            throw DatabaseError.wrap(error, during: "connect for the job lock")
+        }
+        do {
+            let rows = try await connection.query(
+                "SELECT pg_try_advisory_lock(hashtextextended(\(key), 0))",
+                logger: logger
+            ).collect()
+            guard try rows.first?.decode(Bool.self) == true else {
+                try? await connection.close()
+                let holder = try? await JobRuns(database: database).recent(limit: 1, jobName: jobName, state: .running)
+                    .first
+                throw JobLockHeldError(jobName: jobName, holder: holder)
+            }
+        } catch let error as JobLockHeldError {
+            throw error
+        } catch {
+            try? await connection.close()
+            throw DatabaseError.wrap(error, during: "take the job lock")
+        }
+        do {
+            let result = try await body()
+            try? await connection.close()  // closing the session releases the lock
+            return result
+        } catch {
+            try? await connection.close()
+            throw error
+        }
+    }
+}

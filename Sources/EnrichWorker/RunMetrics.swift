@@ -1,0 +1,110 @@
+import CoreMetrics
+import EnrichQueue
+import Logging
+import NymbleAPI
+import Synchronization
+
+/// The metrics a run emits through swift-metrics (exported by `enrich run --metrics-port` as Prometheus).
+///
+/// Names follow Prometheus conventions; label values are a small fixed set, never an id or a message:
+/// - `enrich_items_total{result}`: rows written back as `done`, `failed` (for good) or `retried` (back to
+///   pending for a later attempt).
+/// - `enrich_item_errors_total{reason}`: why an attempt did not succeed: `bad_request`, `server_error`,
+///   `transport`, `undecodable`, `unexpected_status`, `unauthorized` (still 401 after re-logins).
+/// - `enrich_api_calls_total{outcome}`: `/access` calls by answer: `ok`, `bad_request`, `unauthorized`,
+///   `rate_limited`, `server_error`, `transport`, `undecodable`, `unexpected_status`.
+/// - `enrich_api_throttled_total`: 429 answers. `enrich_logins_total`: logins performed.
+/// - `enrich_api_call_duration_seconds`: latency histogram of `/access` calls (any answer).
+/// - `enrich_queue_items{state}`: rows per queue state, refreshed at every heartbeat.
+/// - `enrich_throttle_rate`: the throttle's send rate in requests/s (0 while unlimited).
+public final class RunMetrics: Sendable {
+    private let items: [String: Counter]
+    private let errors: [String: Counter]
+    private let calls: [String: Counter]
+    private let throttled: Counter
+    private let logins: Counter
+    private let callDuration: Timer
+    private let queueItems: [ItemState: Gauge]
+    private let throttleRate: Gauge
+    private let loginsReported = Mutex(0)
+
+    static let callOutcomes = [
+        "ok", "bad_request", "unauthorized", "rate_limited", "server_error", "transport", "undecodable",
+        "unexpected_status", "invalid_credentials",
+    ]
+
+    /// Metrics created through `factory`; the default is the process's bootstrapped backend (a no-op until
+    /// `MetricsSystem.bootstrap` is called).
+    public init(factory: any MetricsFactory = MetricsSystem.factory) {
+        func counters(_ label: String, _ key: String, _ values: [String]) -> [String: Counter] {
+            Dictionary(
+                uniqueKeysWithValues: values.map {
+                    ($0, Counter(label: label, dimensions: [(key, $0)], factory: factory))
+                }
+            )
+        }
+        items = counters("enrich_items_total", "result", ["done", "failed", "retried"])
+        errors = counters(
+            "enrich_item_errors_total",
+            "reason",
+            ["bad_request", "server_error", "transport", "undecodable", "unexpected_status", "unauthorized"]
+        )
+        calls = counters("enrich_api_calls_total", "outcome", Self.callOutcomes)
+        throttled = Counter(label: "enrich_api_throttled_total", factory: factory)
+        logins = Counter(label: "enrich_logins_total", factory: factory)
+        callDuration = Timer(label: "enrich_api_call_duration_seconds", factory: factory)
+        queueItems = Dictionary(
+            uniqueKeysWithValues: ItemState.allCases.map {
+                ($0, Gauge(label: "enrich_queue_items", dimensions: [("state", $0.rawValue)], factory: factory))
+            }
+        )
+        throttleRate = Gauge(label: "enrich_throttle_rate", factory: factory)
+    }
+
+    /// The Prometheus-style name of an API error code (`serverError` → `server_error`).
+    static func name(of code: NymbleAPIError.Code) -> String {
+        var name = ""
+        for character in code.description {
+            if character.isUppercase { name += "_" + character.lowercased() } else { name.append(character) }
+        }
+        return name
+    }
+
+    func recordCall(_ code: NymbleAPIError.Code?, duration: Duration) {
+        calls[code.map(Self.name(of:)) ?? "ok"]?.increment()
+        if code == .rateLimited { throttled.increment() }
+        callDuration.recordNanoseconds(duration.nanoseconds)
+    }
+
+    func recordError(_ reason: String) { errors[reason]?.increment() }
+
+    func recordWritten(done: Int, failed: Int, retried: Int) {
+        if done > 0 { items["done"]?.increment(by: done) }
+        if failed > 0 { items["failed"]?.increment(by: failed) }
+        if retried > 0 { items["retried"]?.increment(by: retried) }
+    }
+
+    /// The process's login total so far (the counter grows by the difference).
+    func recordLoginTotal(_ total: Int) {
+        let delta = loginsReported.withLock { reported in
+            defer { reported = max(reported, total) }
+            return total - reported
+        }
+        if delta > 0 { logins.increment(by: delta) }
+    }
+
+    func recordQueue(_ counts: QueueCounts) {
+        for (state, gauge) in queueItems { gauge.record(counts[state]) }
+    }
+
+    func recordRate(_ rate: Double?) { throttleRate.record(rate ?? 0) }
+}
+
+extension Duration {
+    /// Whole nanoseconds (saturating), for swift-metrics timers.
+    var nanoseconds: Int64 {
+        let (seconds, attoseconds) = components
+        let (product, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        return overflow ? .max : product + attoseconds / 1_000_000_000
+    }
+}
