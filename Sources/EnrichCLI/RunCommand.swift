@@ -41,7 +41,18 @@ struct RunCommand: AsyncParsableCommand {
         let (job, environment) = try resolveJob(Environment())
         let logger = try database.makeLogger()
         let databaseConfiguration = try database.configuration(environment)
-        let settings = try options.settings(environment)
+        let settings: RunOptions.Settings
+        do {
+            settings = try options.settings(environment)
+        } catch let error as ValidationError {
+            guard let job else { throw error }
+            // The value may come from the job file: say so rather than only naming the flag.
+            throw InputError(
+                file: job.path,
+                line: nil,
+                problem: "\(error.message) (the flag, its environment variable or this job file's key of that name)"
+            )
+        }
         let progress = ProgressPrinter.make(mode: settings.progress, logEvery: settings.progressLogInterval)
         let registry = settings.metricsPort.map { _ in PrometheusCollectorRegistry() }
         let metrics = registry.map { RunMetrics(factory: PrometheusMetricsFactory(registry: $0)) } ?? RunMetrics()
@@ -61,7 +72,9 @@ struct RunCommand: AsyncParsableCommand {
                     logger: logger
                 )
                 guard let job else { return try await run.runWorker() }
-                return try await JobLock.withLock(jobName: job.name, database: db) { try await run.runJob(job) }
+                return try await JobLock.withLock(jobName: job.name, database: db) { lock in
+                    try await run.runJob(job, lock: lock)
+                }
             }
         }
         progress?.finish()
@@ -71,14 +84,18 @@ struct RunCommand: AsyncParsableCommand {
 
     /// The job named by `--job` (or ENRICH_JOB), and the environment with its settings layered under the
     /// process environment (flag > environment > job file > default).
-    private func resolveJob(_ environment: Environment) throws -> (JobDefinition?, Environment) {
+    func resolveJob(_ environment: Environment) throws -> (JobDefinition?, Environment) {
         guard let reference = try options.job ?? environment.value("ENRICH_JOB") else { return (nil, environment) }
         if options.jobName != nil {
             throw ValidationError("--job-name cannot be combined with --job: a job's runs are recorded under its name")
         }
         let directory = try options.jobsDirectory ?? environment.value("ENRICH_JOBS_DIR") ?? "jobs"
         let job = try JobDefinition.load(reference, directory: directory)
-        var layered = Environment(job.settings.merging(environment.values) { _, process in process })
+        // An empty process variable counts as unset (Environment.value does the same), and a process
+        // `NAME_FILE` outranks the job's `NAME`.
+        let process = environment.values.filter { !$0.value.isEmpty }
+        let fromJob = job.settings.filter { process[$0.key + "_FILE"] == nil }
+        var layered = Environment(fromJob.merging(process) { _, processValue in processValue })
         layered.values["ENRICH_JOB_NAME"] = job.name
         return (job, layered)
     }
@@ -107,14 +124,14 @@ struct RunInvocation {
     let logger: Logger
 
     /// A job run, under the job's lock: mark dead runs of the job abandoned, enqueue its source, drain.
-    func runJob(_ job: JobDefinition) async throws -> RunReport {
+    func runJob(_ job: JobDefinition, lock: JobLock.Held) async throws -> RunReport {
         let jobRuns = JobRuns(database: database)
         let runner = "\(ProcessInfo.processInfo.hostName):\(ProcessInfo.processInfo.processIdentifier)"
-        let abandoned = try await jobRuns.abandonStale(
-            jobName: job.name,
-            staleAfter: settings.staleAfter,
-            markedBy: runner
-        )
+        // A live run rides out a database outage up to its outage limit without heartbeats: never call it
+        // dead sooner than that.
+        let worker = settings.worker
+        let staleAfter = max(settings.staleAfter, worker.databaseOutageLimit + worker.heartbeatInterval * 2)
+        let abandoned = try await jobRuns.abandonStale(jobName: job.name, staleAfter: staleAfter, markedBy: runner)
         for id in abandoned {
             logger.warning(
                 "marked a dead run of this job abandoned (stale heartbeat)",
@@ -136,20 +153,18 @@ struct RunInvocation {
                     ]
                 )
             } catch {
-                // Record the failed run, so that `status --check` sees a broken nightly job.
-                let id = try await jobRuns.start(
-                    jobName: job.name,
-                    trigger: settings.worker.trigger,
-                    totalItems: nil
-                )
-                try await jobRuns.finish(id: id, state: .failed, counters: RunCounters(), lastError: "\(error)")
+                // Record the failed run, so that `status --check` sees a broken nightly job (best effort: the
+                // database itself may be what failed).
+                if let id = try? await jobRuns.start(jobName: job.name, trigger: worker.trigger, totalItems: nil) {
+                    try? await jobRuns.finish(id: id, state: .failed, counters: RunCounters(), lastError: "\(error)")
+                }
                 throw error
             }
         }
-        return try await runWorker()
+        return try await runWorker(alongside: [LockWatchdog(lock: lock, interval: worker.heartbeatInterval)])
     }
 
-    func runWorker() async throws -> RunReport {
+    func runWorker(alongside extra: [any Service] = []) async throws -> RunReport {
         let (client, credentials) = (client, settings.credentials)
         let store = SharedTokenStore(configuration: settings.token, clock: ContinuousClock(), logger: logger) {
             try await client.login(credentials)
@@ -168,7 +183,27 @@ struct RunInvocation {
             metrics: metrics,
             onProgress: onProgress
         )
-        return try await WorkerService.run(worker, alongside: services, logger: logger)
+        return try await WorkerService.run(worker, alongside: services + extra, logger: logger)
+    }
+}
+
+/// Checks every heartbeat that the job lock is still held; when its session is gone it fails, and the
+/// service group shuts the worker down gracefully (the run ends `interrupted`, the command exits 2).
+struct LockWatchdog: Service {
+    let lock: JobLock.Held
+    let interval: Duration
+
+    func run() async throws {
+        do {
+            try await cancelWhenGracefulShutdown {
+                while true {
+                    try await Task.sleep(for: interval)
+                    try await lock.verify()
+                }
+            }
+        } catch is CancellationError {
+            return  // the run ended: nothing left to guard
+        }
     }
 }
 
@@ -191,7 +226,7 @@ final class WorkerService: Service {
         let group = ServiceGroup(
             configuration: .init(
                 services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)]
-                    + services.map { .init(service: $0) },
+                    + services.map { .init(service: $0, failureTerminationBehavior: .gracefullyShutdownGroup) },
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             )

@@ -70,13 +70,14 @@ struct StatusCommand: AsyncParsableCommand {
         let logger = try database.makeLogger()
         let configuration = try database.configuration(environment)
         let job = self.job
-        let latest = try await Database.withDatabase(configuration, logger: logger) { db in
-            try await JobRuns(database: db).recent(limit: 1, jobName: job).first
+        let (latest, now) = try await Database.withDatabase(configuration, logger: logger) { db in
+            let jobRuns = JobRuns(database: db)
+            return (try await jobRuns.recent(limit: 1, jobName: job).first, try await jobRuns.now())
         }
         let health = RunHealth.judge(
             job: job,
             latest: latest,
-            now: Date(),
+            now: now,
             maxAge: maxAge,
             staleAfter: .seconds(stale)
         )

@@ -15,8 +15,9 @@ public struct RunHealth: Sendable, Equatable {
     /// Judges the latest run of a job at `now`.
     ///
     /// A problem: no run at all, a run that failed, was interrupted or abandoned, a `running` row whose
-    /// heartbeat is older than `staleAfter` (stuck: its process is gone or hung), or a last run that started
-    /// longer than `maxAge` ago (the schedule did not fire). A live run and a succeeded one are fine (rows
+    /// heartbeat is older than `staleAfter` (stuck: its process is gone), or a last run that started longer
+    /// than `maxAge` ago (the schedule did not fire, or a run still going after that long is hung). `now` is
+    /// the database's clock, which wrote the timestamps. A live run and a succeeded one are fine (rows
     /// that failed permanently are counted in the line, not a problem of the job).
     public static func judge(
         job: String?,
@@ -40,6 +41,12 @@ public struct RunHealth: Sendable, Equatable {
                 return problem(
                     "is stuck: running since \(startedAgo) ago, no heartbeat for \(DurationText.format(silent)) "
                         + "(host \(run.host), pid \(run.pid))"
+                )
+            }
+            if let maxAge, now.timeIntervalSince(run.startedAt) > seconds(maxAge) {
+                return problem(
+                    "is still running after \(startedAgo), more than --max-age \(DurationText.format(seconds(maxAge))) "
+                        + "(host \(run.host), pid \(run.pid)): hung, or far slower than usual?"
                 )
             }
             let total = run.totalItems.map { " of \($0)" } ?? ""

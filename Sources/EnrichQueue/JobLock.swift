@@ -18,6 +18,16 @@ public struct JobLockHeldError: Error, CustomStringConvertible, Sendable {
     }
 }
 
+/// The job lock's session ended while the run was going: the run stops (another runner may start the job).
+public struct JobLockLostError: Error, CustomStringConvertible, Sendable {
+    public let jobName: String
+    public let reason: String
+
+    public var description: String {
+        "lost the lock of job \(jobName) (\(reason)); stopping so that a second run cannot overlap this one"
+    }
+}
+
 /// Overlap protection for scheduled jobs: a PostgreSQL session-level advisory lock per job and schema, held
 /// on a dedicated connection for the whole run.
 ///
@@ -25,12 +35,41 @@ public struct JobLockHeldError: Error, CustomStringConvertible, Sendable {
 /// the server drops the lock when the session ends, so a crashed or SIGKILLed run does not block the next
 /// night.
 public enum JobLock {
+    /// The lock, while held: ``verify()`` checks that its session is still alive and holds it.
+    public struct Held: Sendable {
+        let connection: PostgresConnection
+        let jobName: String
+        let logger: Logger
+
+        /// Throws ``JobLockLostError`` when the lock's session is gone (server restart, dropped connection):
+        /// from then on another runner could start the job, so the run must stop.
+        public func verify() async throws {
+            let held: Bool
+            do {
+                let rows = try await connection.query(
+                    """
+                    SELECT count(*) FROM pg_locks
+                    WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
+                    """,
+                    logger: logger
+                ).collect()
+                held = try (rows.first?.decode(Int64.self) ?? 0) > 0
+            } catch {
+                throw JobLockLostError(
+                    jobName: jobName,
+                    reason: "its connection failed: \(DatabaseError.wrap(error, during: "check the job lock"))"
+                )
+            }
+            guard held else { throw JobLockLostError(jobName: jobName, reason: "the server no longer lists it") }
+        }
+    }
+
     /// Runs `body` while holding the lock of `jobName`; throws ``JobLockHeldError`` at once when another
     /// session holds it.
     public static func withLock<Result: Sendable>(
         jobName: String,
         database: Database,
-        _ body: () async throws -> Result
+        _ body: (Held) async throws -> Result
     ) async throws -> Result {
         let logger = database.logger
         let key = "enrich:\(database.configuration.schema):\(jobName)"
@@ -62,7 +101,7 @@ public enum JobLock {
             throw DatabaseError.wrap(error, during: "take the job lock")
         }
         do {
-            let result = try await body()
+            let result = try await body(Held(connection: connection, jobName: jobName, logger: logger))
             try? await connection.close()  // closing the session releases the lock
             return result
         } catch {

@@ -131,18 +131,30 @@ public struct JobRuns: Sendable {
         }
     }
 
-    /// Stores the current counters and moves the heartbeat to now.
-    public func heartbeat(id: Int64, counters: RunCounters) async throws {
+    /// Stores the current counters and moves the heartbeat to now. Returns false when the run is no longer
+    /// `running` (another runner marked it abandoned after its heartbeat went stale).
+    @discardableResult
+    public func heartbeat(id: Int64, counters: RunCounters) async throws -> Bool {
         try await run("update the run heartbeat") {
-            try await database.client.query(
+            let rows = try await database.client.query(
                 """
                 UPDATE \(unescaped: schema).job_runs SET heartbeat_at = now(),
                     claimed = \(counters.claimed), succeeded = \(counters.succeeded), failed = \(counters.failed),
                     retried = \(counters.retried), throttled = \(counters.throttled), logins = \(counters.logins)
-                WHERE id = \(id)
+                WHERE id = \(id) AND state = 'running'
+                RETURNING id
                 """,
                 logger: logger
-            )
+            ).collect()
+            return !rows.isEmpty
+        }
+    }
+
+    /// The database server's clock (status checks compare heartbeats with it, not with the local clock).
+    public func now() async throws -> Date {
+        try await run("read the database clock") {
+            let rows = try await database.client.query("SELECT now()", logger: logger).collect()
+            return try rows.first?.decode(Date.self) ?? Date()
         }
     }
 

@@ -121,6 +121,8 @@ public struct Queue: Sendable {
             let error = unwrapTransactionError(error)
             if let error = error as? DatabaseError { throw error }
             let wrapped = DatabaseError.wrap(error, during: origin)
+            // A lost connection is not the query's fault.
+            if wrapped.isTransient { throw wrapped }
             // A missing table here is the user's, not enrich's: drop the "run enrich migrate" hint.
             let message = wrapped.message.replacingOccurrences(of: ". Run `enrich migrate` first.", with: "")
             throw DatabaseError(.badSource, message + "; nothing was enqueued")

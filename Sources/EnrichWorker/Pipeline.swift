@@ -135,12 +135,23 @@ struct Pipeline<C: Clock>: Sendable where C.Duration == Duration {
                 var counters = statistics.snapshot.counters
                 counters.logins = Int64(await tokens.loginCount())
                 let (jobRuns, queue, runID, owner, lease) = (jobRuns, queue, runID, owner, configuration.lease)
-                try await database.run("heartbeat") { try await jobRuns.heartbeat(id: runID, counters: counters) }
+                let alive = try await database.run("heartbeat") {
+                    try await jobRuns.heartbeat(id: runID, counters: counters)
+                }
+                guard alive else {
+                    throw WorkerError(
+                        .abandoned,
+                        "another runner marked this run abandoned (its heartbeat had gone stale, e.g. during a "
+                            + "database outage longer than --stale-after); stopping so that two runs do not overlap"
+                    )
+                }
                 _ = try await database.run("extend leases") { try await queue.extendLeases(owner: owner, lease: lease) }
-                let queueCounts = try await database.run("count queue rows") { try await queue.counts() }
-                statistics.metrics.recordQueue(queueCounts)
-                statistics.metrics.recordLoginTotal(Int(counters.logins))
-                statistics.metrics.recordRate(await throttle.currentRate())
+                if statistics.metrics.isEnabled {
+                    // Best effort: a metrics gauge is not worth stopping the run for.
+                    if let queueCounts = try? await queue.counts() { statistics.metrics.recordQueue(queueCounts) }
+                    statistics.metrics.recordLoginTotal(Int(counters.logins))
+                    statistics.metrics.recordRate(await throttle.currentRate())
+                }
                 sinceCompaction += configuration.heartbeatInterval
                 if sinceCompaction >= compactionInterval {
                     sinceCompaction = .zero

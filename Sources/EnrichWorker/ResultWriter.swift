@@ -134,12 +134,23 @@ actor ResultWriter {
                 releases = releases.dropFirst(group.count)
             }
         } catch {
-            // Keep what was not written, in front of anything submitted meanwhile.
+            // Keep what was not written, in front of anything submitted meanwhile; count what was.
             if step < 1 { self.completions = completions + self.completions }
             if step < 2 { self.failures = failures + self.failures }
             self.releases = Array(releases) + self.releases
+            account(completed: completed, failed: failed, released: released)
+            let written =
+                (step >= 1 ? completions.count : 0) + (step >= 2 ? failures.count : 0)
+                + handedOut - releases.count(where: \.handedOut)
+            if written > 0 { await source.settled(written) }
             throw error
         }
+        account(completed: completed, failed: failed, released: released)
+        await source.settled(completions.count + failures.count + handedOut)
+    }
+
+    /// Adds what a flush wrote to the run's counters and metrics.
+    private func account(completed: WriteOutcome, failed: WriteOutcome, released: WriteOutcome) {
         let stale = completed.staleIDs.count + failed.staleIDs.count + released.staleIDs.count
         statistics.metrics.recordWritten(
             done: completed.written,
@@ -159,6 +170,5 @@ actor ResultWriter {
                 metadata: ["rows": "\(stale)"]
             )
         }
-        await source.settled(completions.count + failures.count + handedOut)
     }
 }

@@ -33,9 +33,17 @@ public final class RunMetrics: Sendable {
         "unexpected_status", "invalid_credentials",
     ]
 
-    /// Metrics created through `factory`; the default is the process's bootstrapped backend (a no-op until
-    /// `MetricsSystem.bootstrap` is called).
-    public init(factory: any MetricsFactory = MetricsSystem.factory) {
+    /// Whether anything reads these metrics (gauges that cost a query are only refreshed then).
+    public let isEnabled: Bool
+
+    /// No metrics exported: every call is a no-op.
+    public convenience init() { self.init(factory: NOOPMetricsHandler.instance, enabled: false) }
+
+    /// Metrics created through `factory` (a Prometheus factory for `--metrics-port`).
+    public convenience init(factory: any MetricsFactory) { self.init(factory: factory, enabled: true) }
+
+    private init(factory: any MetricsFactory, enabled: Bool) {
+        isEnabled = enabled
         func counters(_ label: String, _ key: String, _ values: [String]) -> [String: Counter] {
             Dictionary(
                 uniqueKeysWithValues: values.map {

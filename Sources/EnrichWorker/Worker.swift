@@ -179,8 +179,10 @@ public struct Worker: Service {
 
         if Task.isCancelled { control.interrupt() }
         let logins = await tokens.loginCount()
-        metrics.recordLoginTotal(logins)
-        if let counts = try? await queue.counts() { metrics.recordQueue(counts) }
+        if metrics.isEnabled {
+            metrics.recordLoginTotal(logins)
+            if let counts = try? await queue.counts() { metrics.recordQueue(counts) }
+        }
         var counters = statistics.snapshot.counters
         counters.logins = Int64(logins)
         let fatal = control.fatalError

@@ -3,7 +3,7 @@ import NymbleAPI
 /// Why a run stopped early, or could not start. Descriptions never contain a secret or a token.
 public struct WorkerError: Error, CustomStringConvertible, Sendable {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
-        private enum Base: String { case invalidSetting, login, databaseUnavailable }
+        private enum Base: String { case invalidSetting, login, databaseUnavailable, abandoned }
         private let base: Base
         private init(_ base: Base) { self.base = base }
         /// A configuration value is out of range.
@@ -12,6 +12,9 @@ public struct WorkerError: Error, CustomStringConvertible, Sendable {
         public static let login = Code(.login)
         /// The database stayed unreachable longer than the configured outage limit.
         public static let databaseUnavailable = Code(.databaseUnavailable)
+        /// Another runner found this run's heartbeat stale and marked it abandoned: it stops, so that two runs
+        /// of a job never overlap.
+        public static let abandoned = Code(.abandoned)
         public var description: String { base.rawValue }
     }
 

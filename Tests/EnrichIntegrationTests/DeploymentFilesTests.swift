@@ -64,7 +64,7 @@ struct DeploymentFilesTests {
         let postgres = try Self.service("postgres")
         #expect((postgres["image"] as? String)?.hasPrefix("postgres:") == true)
         let healthcheck = try #require(postgres["healthcheck"] as? [String: Any])
-        #expect((healthcheck["test"] as? [String])?.joined(separator: " ").contains("pg_isready") == true)
+        #expect((healthcheck["test"] as? [String])?.joined(separator: " ").contains("pg_isready -h 127.0.0.1") == true)
         let volumes = try #require(postgres["volumes"] as? [String])
         #expect(volumes.contains { $0.hasPrefix("pgdata:/var/lib/postgresql/data") })
         #expect((compose["volumes"] as? [String: Any])?.keys.contains("pgdata") == true)
@@ -96,7 +96,7 @@ struct DeploymentFilesTests {
         }
         let cron = try Self.service("cron")
         let entrypoint = try #require(cron["entrypoint"] as? [String])
-        #expect(entrypoint.first == "supercronic")
+        #expect(Array(entrypoint.prefix(4)) == ["tini", "-g", "--", "supercronic"], "signals reach the job")
         let crontab = try #require(entrypoint.last)
         #expect(crontab == "/opt/enrich/jobs/crontab.container", "the Dockerfile copies jobs/ to /opt/enrich/jobs")
         let entries = try Self.crontabCommands("jobs/crontab.container")
@@ -143,6 +143,10 @@ struct DeploymentFilesTests {
         #expect(!user.contains("root") && user != "USER 0")
         #expect(lines.contains { $0.contains("sha1sum -c") }, "the scheduler binary is checksum-verified")
         #expect(lines.contains("COPY jobs /opt/enrich/jobs"))
+        for directory in ["Sources", "Tests"] {
+            #expect(lines.contains("COPY \(directory) ./\(directory)"), "SwiftPM needs every declared target's sources")
+        }
+        #expect(lines.contains { $0.contains("apt-get install") && $0.contains("tini") })
     }
 
     @Test("jobs/: every job definition parses, and the host crontab's commands are valid")

@@ -117,6 +117,52 @@ struct JobRunTests {
         }
     }
 
+    @Test(
+        "the lock dies with its holder: after SIGKILL the next run starts at once; a run marked abandoned stops itself"
+    )
+    func lockDiesWithHolder() async throws {
+        let database = try TestDatabase.require()
+        try await WorkerHarness.enqueue(WorkerHarness.pairs(2_000), into: database)
+        let jobs = try Self.jobsDirectory([
+            "nightly.json": #"{"source": "queue", "concurrency": 4, "heartbeat": 0.3, "lease": 5}"#
+        ])
+        var simulatorConfiguration = SimulatorConfiguration()
+        simulatorConfiguration.latency = .init(minimum: .milliseconds(20), maximum: .milliseconds(30))
+        try await NymbleSimulator.withRunning(simulatorConfiguration, logger: quietLogger) { _, baseURL in
+            let environment = try WorkerProcessTests.environment(database, baseURL: baseURL)
+            let arguments = ["run", "--job", "nightly", "--jobs-dir", jobs.path, "--progress", "off"]
+            let killed = try EnrichProcess.start(arguments, environment: environment)
+            try await WorkerProcessTests.waitForDone(50, in: database, child: killed)
+            killed.signal(SIGKILL)
+            _ = try await killed.wait()
+
+            let next = try EnrichProcess.start(arguments, environment: environment)
+            let jobRuns = JobRuns(database: database)
+            let deadline = ContinuousClock.now + .seconds(30)
+            while try await jobRuns.recent(limit: 2, jobName: "nightly", state: .running).count < 2 {
+                guard next.process.isRunning, ContinuousClock.now < deadline else {
+                    Issue.record("the next run did not start: \(next.standardError)")
+                    return
+                }
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            // Its heartbeat is fresh, so nobody could call it dead; do it by hand, as a runner would have.
+            let current = try #require(try await jobRuns.recent(limit: 1, jobName: "nightly", state: .running).first)
+            try await database.client.query(
+                """
+                UPDATE \(unescaped: Self.quoted(database.configuration.schema)).job_runs
+                SET state = 'abandoned', finished_at = now() WHERE id = \(current.id)
+                """,
+                logger: quietLogger
+            )
+            let status = try await next.wait()
+            #expect(status == 2, "\(next.standardError)")
+            #expect(next.standardError.contains("another runner marked this run abandoned"))
+            let counts = try await Queue(database: database).exactCounts()
+            #expect(counts.done < 2_000, "it stopped before draining the queue")
+        }
+    }
+
     @Test("a stale running row is marked abandoned by the next run of its job; status --check judges every state")
     func staleRunsAndHealthCheck() async throws {
         let database = try TestDatabase.require()

@@ -124,6 +124,8 @@ struct RunHealthTests {
         let old = judge(run(.succeeded, startedAgo: 30 * 3_600), maxAge: .seconds(26 * 3_600))
         #expect(old.isProblem && old.line.contains("started 1d6h ago, more than --max-age 1d2h"))
         #expect(!judge(run(.succeeded, startedAgo: 25 * 3_600), maxAge: .seconds(26 * 3_600)).isProblem)
+        let hung = judge(run(.running, startedAgo: 30 * 3_600, heartbeatAgo: 5), maxAge: .seconds(26 * 3_600))
+        #expect(hung.isProblem && hung.line.contains("is still running after 1d6h, more than --max-age 1d2h"))
     }
 
     @Test("durations: 26h, 90m, 1h30m, 2d, plain seconds; nonsense refused")

@@ -178,3 +178,50 @@ struct DatabaseErrorTransienceTests {
         #expect(!DatabaseError(.schemaNotMigrated, "x").isTransient)
     }
 }
+
+@Suite("enrich run --job: flag > environment > job file > default")
+struct JobSettingsLayeringTests {
+    let credentials = [
+        "NYMBLE_ORG_CODE": "org_1", "NYMBLE_CLIENT_ID": "client_1", "NYMBLE_CLIENT_SECRET": "s3cret-value",
+    ]
+
+    /// A job file setting concurrency 4 and lease 90; returns the resolved settings for `flags` + `environment`.
+    func settings(_ flags: [String], _ environment: [String: String]) throws -> RunOptions.Settings {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("jobs-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        try Data(#"{"source": "queue", "concurrency": 4, "lease": 90, "api-url": "http://job:1"}"#.utf8)
+            .write(to: directory.appendingPathComponent("nightly.json"))
+        let command = try RunCommand.parse(["--job", "nightly", "--jobs-dir", directory.path] + flags)
+        let (job, layered) = try command.resolveJob(Environment(credentials.merging(environment) { _, new in new }))
+        #expect(job?.name == "nightly")
+        return try command.options.settings(layered)
+    }
+
+    @Test("the job's values apply where nothing else is given, and its name is the run's job name")
+    func jobValues() throws {
+        let resolved = try settings([], [:])
+        #expect(resolved.worker.concurrency == 4 && resolved.worker.lease == .seconds(90))
+        #expect(resolved.client.baseURL == "http://job:1" && resolved.worker.jobName == "nightly")
+        #expect(resolved.worker.shutdownGrace == .seconds(30), "defaults for the rest")
+    }
+
+    @Test("an environment variable beats the job, a flag beats both; empty variables count as unset")
+    func precedence() throws {
+        #expect(try settings([], ["ENRICH_CONCURRENCY": "8"]).worker.concurrency == 8)
+        #expect(try settings(["--concurrency", "16"], ["ENRICH_CONCURRENCY": "8"]).worker.concurrency == 16)
+        #expect(try settings([], ["ENRICH_CONCURRENCY": ""]).worker.concurrency == 4)
+        #expect(try settings([], ["ENRICH_JOB_NAME": "other"]).worker.jobName == "nightly")
+    }
+
+    @Test("a NAME_FILE variable beats the job's NAME")
+    func fileVariable() throws {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("url-\(UUID().uuidString)")
+        try Data("http://from-file:2\n".utf8).write(to: file)
+        #expect(try settings([], ["NYMBLE_BASE_URL_FILE": file.path]).client.baseURL == "http://from-file:2")
+    }
+
+    @Test("--job-name cannot rename a job's runs")
+    func noRename() throws {
+        #expect(throws: ValidationError.self) { _ = try settings(["--job-name", "x"], [:]) }
+    }
+}
