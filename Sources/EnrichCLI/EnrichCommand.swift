@@ -13,7 +13,7 @@ public struct EnrichCommand: AsyncParsableCommand {
             """,
         subcommands: [
             MigrateCommand.self, EnqueueCommand.self, RunCommand.self, StatusCommand.self, RequeueCommand.self,
-            SimulateCommand.self,
+            SimulateCommand.self, DatabaseCeilingCommand.self,
         ]
     )
 

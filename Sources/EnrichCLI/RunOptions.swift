@@ -35,7 +35,7 @@ struct RunOptions: ParsableArguments {
     @Option(
         name: .customLong("claim-batch"),
         help: ArgumentHelp(
-            "Rows leased per claim (env ENRICH_CLAIM_BATCH; default twice --concurrency, at least 100).",
+            "Rows leased per claim (env ENRICH_CLAIM_BATCH; default twice --concurrency, at least 500).",
             valueName: "rows"
         )
     )

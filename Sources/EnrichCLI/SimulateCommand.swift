@@ -79,6 +79,11 @@ struct SimulateCommand: AsyncParsableCommand {
         )
     )
     var retryAfter: String?
+    @Flag(
+        name: .customLong("record-times"),
+        help: "Record login times and each UserId's first /access arrival time in GET /_stats (benchmarks)."
+    )
+    var recordTimes = false
     @Option(
         help: ArgumentHelp(
             "Delay before each answer: 0, 50ms, 1s or a uniform range 20ms-80ms (env ENRICH_SIM_LATENCY; default 0).",
@@ -163,6 +168,7 @@ struct SimulateCommand: AsyncParsableCommand {
         configuration.loginsPerMinute = try loginsPerMinute ?? environment.parsed("ENRICH_SIM_LOGINS_PER_MINUTE") ?? 10
         configuration.accessRate = try rate ?? environment.parsed("ENRICH_SIM_RATE", as: Double.self)
         configuration.accessBurst = try burst ?? environment.parsed("ENRICH_SIM_BURST", as: Double.self)
+        configuration.recordTimes = recordTimes
         if let text = try retryAfter ?? environment.value("ENRICH_SIM_RETRY_AFTER") {
             guard let style = SimulatorConfiguration.RetryAfterStyle(text) else {
                 throw ValidationError("--retry-after must be seconds, http-date or none (got \(text))")

@@ -368,10 +368,16 @@ public struct Queue: Sendable {
         let rows = try await run("extend leases") {
             try await database.client.query(
                 """
-                WITH extended AS (
-                    UPDATE \(unescaped: schema).queue_items SET
-                        lease_expires_at = now() + make_interval(secs => \(lease.intervalSeconds))
+                WITH held AS (
+                    -- SKIP LOCKED: rows a concurrent write-back holds are being finished anyway, and locking
+                    -- them in another order than that UPDATE deadlocked (seen under load, then retried).
+                    SELECT id FROM \(unescaped: schema).queue_items
                     WHERE state = 'running' AND lease_owner = \(owner) AND lease_expires_at > now()
+                    FOR UPDATE SKIP LOCKED
+                ), extended AS (
+                    UPDATE \(unescaped: schema).queue_items AS item SET
+                        lease_expires_at = now() + make_interval(secs => \(lease.intervalSeconds))
+                    FROM held WHERE item.id = held.id
                     RETURNING 1
                 )
                 SELECT count(*) FROM extended

@@ -64,6 +64,10 @@ public struct NymbleClient: Sendable {
         }
     }
 
+    /// AsyncHTTPClient tags its logger with a request id on every request, and a stream handler re-renders its
+    /// metadata on each change (about 4% of the CPU per call, profiled): its trace lines are not worth that.
+    private static let requestLogger = Logger(label: "nymble.http", factory: { _ in SwiftLogNoOpLogHandler() })
+
     init(configuration: NymbleClientConfiguration, http: HTTPClient, logger: Logger) {
         self.configuration = configuration
         self.http = http
@@ -216,7 +220,11 @@ public struct NymbleClient: Sendable {
         if let bearer { request.headers.add(name: "Authorization", value: "Bearer \(bearer.bearerValue)") }
         request.body = .bytes(ByteBuffer(string: body))
         do {
-            let response = try await http.execute(request, timeout: .init(configuration.requestTimeout), logger: logger)
+            let response = try await http.execute(
+                request,
+                timeout: .init(configuration.requestTimeout),
+                logger: Self.requestLogger
+            )
             let buffer = try await response.body.collect(upTo: configuration.maximumResponseBytes)
             return (Int(response.status.code), response.headers, Data(buffer.readableBytesView))
         } catch let error as NIOTooManyBytesError {

@@ -157,6 +157,7 @@ public struct NymbleSimulator: Service {
             state.update { $0.access400 += 1 }
             return Self.json(.badRequest, #"{"error":"OrganizationId or UserId missing or malformed"}"#)
         }
+        state.recordArrival(userId: userId)
         if configuration.dropRate > 0 && Double.random(in: 0..<1) < configuration.dropRate {
             state.update { $0.accessDropped += 1 }
             try await context.channel.close()

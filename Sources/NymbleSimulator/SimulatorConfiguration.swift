@@ -92,6 +92,8 @@ public struct SimulatorConfiguration: Sendable {
     public var slowRate: Double = 0
     /// Extra delay of slow answers.
     public var slowDelay: Duration = .seconds(2)
+    /// Record login times and `/access` arrival times in the stats (benchmarks; off by default).
+    public var recordTimes = false
 
     public init() {}
 }

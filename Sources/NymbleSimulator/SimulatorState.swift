@@ -21,6 +21,11 @@ public struct SimulatorStats: Sendable, Codable, Equatable {
     /// Most requests in flight at once.
     public var peakConcurrentRequests = 0
     public var inFlight = 0
+    /// With ``SimulatorConfiguration/recordTimes``: Unix time of each successful login (first 10,000).
+    public var loginTimes: [Double]? = nil
+    /// With ``SimulatorConfiguration/recordTimes``: UserId → Unix time its first `/access` call arrived
+    /// (first 10,000 UserIds), for measuring pickup latency.
+    public var accessArrivals: [String: Double]? = nil
 
     public init() {}
 
@@ -61,6 +66,19 @@ final class SimulatorState: Sendable {
 
     func update(_ body: (inout SimulatorStats) -> Void) { state.withLock { body(&$0.stats) } }
 
+    /// Records when the first call for `userId` arrived (only with ``SimulatorConfiguration/recordTimes``).
+    func recordArrival(userId: String) {
+        guard configuration.recordTimes else { return }
+        let now = Date().timeIntervalSince1970
+        state.withLock { state in
+            if state.stats.accessArrivals == nil { state.stats.accessArrivals = [:] }
+            guard let count = state.stats.accessArrivals?.count, count < 10_000,
+                state.stats.accessArrivals?[userId] == nil
+            else { return }
+            state.stats.accessArrivals?[userId] = now  // in place: no copy of the dictionary
+        }
+    }
+
     func enter() {
         state.withLock {
             $0.stats.inFlight += 1
@@ -91,6 +109,10 @@ final class SimulatorState: Sendable {
         return state.withLock { state in
             state.tokenCounter += 1
             state.stats.logins += 1
+            if configuration.recordTimes, state.stats.loginTimes?.count ?? 0 < 10_000 {
+                if state.stats.loginTimes == nil { state.stats.loginTimes = [] }
+                state.stats.loginTimes?.append(Date().timeIntervalSince1970)
+            }
             let expiry = Date().addingTimeInterval(configuration.tokenLifetime.seconds)
             let token = JWTLike.make(subject: clientId, expiry: expiry, serial: state.tokenCounter)
             state.tokens[token] = Token(expiresAt: now + configuration.tokenLifetime)

@@ -18,7 +18,7 @@ struct RunSettingsTests {
         #expect(!settings.worker.follow && settings.worker.concurrency == 32)
         #expect(settings.worker.rateLimit == nil && settings.worker.maxAttempts == nil)
         #expect(settings.worker.lease == .seconds(120) && settings.worker.shutdownGrace == .seconds(30))
-        #expect(settings.worker.effectiveClaimBatch == 100)
+        #expect(settings.worker.effectiveClaimBatch == 500)
         #expect(settings.client.maximumConnections == 32)
         #expect(settings.client.baseURL == "https://api.achievemomentum.com")
         #expect(settings.credentials.clientSecret == "s3cret-value")

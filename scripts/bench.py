@@ -1,0 +1,346 @@
+"""The benchmark scenarios of scripts/bench (which builds enrich in release mode and provides DATABASE_URL).
+
+Each scenario gets its own schema, a fresh simulator process and the release `enrich` binary; CPU time and
+peak RSS of `enrich run` come from /usr/bin/time. Prints one JSON object per scenario, then a table.
+"""
+import json
+import math
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ENRICH = os.path.abspath(".build/release/enrich")
+QUICK = os.environ.get("ENRICH_BENCH_QUICK") == "1"
+CREDENTIALS = {
+    "NYMBLE_ORG_CODE": "org_12345",
+    "NYMBLE_CLIENT_ID": "sdaf43tfsdg45dg",
+    "NYMBLE_CLIENT_SECRET": "QsFdas%4F1asr23tgb675%3",
+}
+SCRATCH = tempfile.mkdtemp(prefix="enrich-bench-")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def environment(schema, base_url=None, **extra):
+    env = dict(os.environ, **CREDENTIALS, ENRICH_SCHEMA=schema, ENRICH_PROGRESS="off", ENRICH_LOG_LEVEL="notice")
+    if base_url:
+        env["NYMBLE_BASE_URL"] = base_url
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def enrich(args, schema, check=True, **extra):
+    result = subprocess.run([ENRICH] + args, env=environment(schema, **extra), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"enrich {' '.join(args)} exited {result.returncode}: {result.stderr[-2000:]}")
+    return result
+
+
+def prepare(schema, pairs):
+    """A fresh schema with `pairs` pending rows (generated in the database: fast even for a million)."""
+    subprocess.run(["psql", os.environ["DATABASE_URL"], "-qc", f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'],
+                   check=True, capture_output=True)
+    enrich(["migrate"], schema)
+    if pairs:
+        sql = f"SELECT 'org' || (n % 997), 'user' || n FROM generate_series(1, {pairs}) AS n"
+        enrich(["enqueue", "--from-sql", sql], schema)
+
+
+class Simulator:
+    def __init__(self, *args):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(os.path.join(SCRATCH, f"simulator-{self.port}.log"), "w")
+        self.process = subprocess.Popen(
+            [ENRICH, "simulate", "--port", str(self.port), "--log-level", "warning", *args],
+            env=dict(os.environ, **CREDENTIALS), stdout=self.log, stderr=self.log)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                self.stats()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("the simulator did not start")
+
+    def stats(self):
+        with urllib.request.urlopen(self.url + "/_stats", timeout=5) as response:
+            return json.load(response)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.process.terminate()
+        self.process.wait()
+        self.log.close()
+
+
+class Run:
+    """`enrich run` under /usr/bin/time (user, system CPU seconds and peak RSS in KiB)."""
+
+    def __init__(self, schema, base_url, *args, **extra):
+        self.timing = os.path.join(SCRATCH, f"time-{schema}-{time.time_ns()}")
+        self.errors = open(self.timing + ".stderr", "w")
+        self.process = subprocess.Popen(
+            ["/usr/bin/time", "-f", "%U %S %M", "-o", self.timing, ENRICH, "run", *args],
+            env=environment(schema, base_url, **extra), stdout=subprocess.PIPE, stderr=self.errors, text=True)
+        self.started = time.time()
+
+    def stop(self):
+        # /usr/bin/time forwards nothing: signal its child, the enrich process.
+        for line in subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout.split():
+            os.kill(int(line), signal.SIGTERM)
+
+    def wait(self, timeout=None):
+        output, _ = self.process.communicate(timeout=timeout)
+        self.errors.close()
+        self.elapsed = time.time() - self.started
+        user, system, rss = open(self.timing).read().split()[-3:]
+        self.cpu = float(user) + float(system)
+        self.rss_mb = int(rss) / 1024
+        self.summary = output.strip().splitlines()[-1] if output.strip() else ""
+        self.status = self.process.returncode
+        return self
+
+    def run_seconds(self):
+        """The run's own duration from its summary line (`... in 12.3 s (...)`)."""
+        words = self.summary.split(" in ")[-1].split()
+        return float(words[0])
+
+
+def sample(simulator, run, seconds, every=1.0):
+    """Simulator counters every `every` seconds while the run lasts (at most `seconds`)."""
+    samples = []
+    start = run.started
+    while time.time() - start < seconds and run.process.poll() is None:
+        stats = simulator.stats()
+        samples.append((time.time() - start, stats["access200"], stats["access429"]))
+        time.sleep(every - ((time.time() - start) % every))
+    return samples
+
+
+def window(samples, since, until):
+    """(accepted/s, 429 share) between the samples nearest to `since` and `until` seconds."""
+    first = min(samples, key=lambda s: abs(s[0] - since))
+    last = min(samples, key=lambda s: abs(s[0] - until))
+    seconds = last[0] - first[0]
+    accepted, throttled = last[1] - first[1], last[2] - first[2]
+    return accepted / seconds, throttled / max(1, accepted + throttled), seconds
+
+
+# ---- scenarios -------------------------------------------------------------------------------------------
+
+def overhead():
+    pairs = 10_000 if QUICK else 100_000
+    prepare("bench_ceiling", pairs)
+    ceiling = json.loads(enrich(["benchmark-database"], "bench_ceiling").stdout)
+    prepare("bench_overhead", pairs)
+    with Simulator() as simulator:
+        run = Run("bench_overhead", simulator.url).wait()
+    rate = pairs / run.run_seconds()
+    cpu_us = run.cpu / pairs * 1e6
+    share = rate / ceiling["rows_per_second"]
+    return {
+        "scenario": "overhead", "pairs": pairs, "items_per_second": round(rate), "cpu_us_per_item": round(cpu_us, 1),
+        "db_ceiling_rows_per_second": round(ceiling["rows_per_second"]), "share_of_ceiling": round(share, 3),
+        "target": ">= 70% of the database ceiling and <= 60 us CPU per item",
+        "pass": share >= 0.70 and cpu_us <= 60,
+    }
+
+
+def limit(known):
+    limit_rate = 300
+    seconds = 25 if QUICK else 70
+    prepare("bench_limit", limit_rate * (seconds + 15))
+    with Simulator("--rate", str(limit_rate)) as simulator:
+        args = ["--rate", str(limit_rate)] if known else []
+        run = Run("bench_limit", simulator.url, *args)
+        samples = sample(simulator, run, seconds)
+        run.stop()
+        run.wait(timeout=60)
+        final = simulator.stats()
+    sustained, share_429, span = window(samples, 10, seconds)
+    throttled = final["access429"]
+    result = {
+        "scenario": "known-limit" if known else "unknown-limit", "limit": limit_rate,
+        "window_seconds": round(span), "items_per_second": round(sustained, 1),
+        "share_of_limit": round(sustained / limit_rate, 4), "share_429_after_10s": round(share_429, 4),
+        "throttled_total": throttled, "throttle_events": run_log_count(run, "429 from the API"),
+    }
+    if known:
+        result.update(target=">= 99% of R and zero 429s",
+                      **{"pass": sustained / limit_rate >= 0.99 and throttled == 0})
+    else:
+        result.update(target=">= 97% of R, <= 1% 429s after the first 10 s",
+                      **{"pass": sustained / limit_rate >= 0.97 and share_429 <= 0.01})
+    return result
+
+
+def run_log_count(run, text):
+    return sum(text in line for line in open(run.timing + ".stderr"))
+
+
+def latency():
+    concurrency, delay = 64, 0.05
+    ideal = concurrency / delay
+    pairs = int(ideal * (5 if QUICK else 15))
+    prepare("bench_latency", pairs)
+    with Simulator("--latency", "50ms") as simulator:
+        run = Run("bench_latency", simulator.url, "--concurrency", str(concurrency))
+        samples = sample(simulator, run, 600, every=0.5)
+        run.wait()
+    # Steady state: from 1 s in to the last sample before the queue ran dry (start-up and the tail excluded).
+    busy = [s for s in samples if s[1] < pairs * 0.98]
+    steady, _, span = window(busy, 1, busy[-1][0])
+    end_to_end = pairs / run.run_seconds()
+    return {
+        "scenario": "latency", "pairs": pairs, "concurrency": concurrency, "ideal": ideal,
+        "items_per_second": round(steady), "share_of_ideal": round(steady / ideal, 4), "window_seconds": round(span, 1),
+        "end_to_end_items_per_second": round(end_to_end), "end_to_end_share": round(end_to_end / ideal, 4),
+        "target": ">= 95% of 64 / 0.05 s (steady state)", "pass": steady / ideal >= 0.95,
+    }
+
+
+def logins():
+    lifetime, seconds, concurrency = 10, (25 if QUICK else 60), 256
+    prepare("bench_logins", int(concurrency / 0.5 * (seconds + 10)))
+    with Simulator("--token-lifetime", str(lifetime), "--latency", "500ms", "--record-times") as simulator:
+        run = Run("bench_logins", simulator.url, "--concurrency", str(concurrency))
+        time.sleep(seconds - (time.time() - run.started))
+        stats = simulator.stats()
+        run.stop()
+        run.wait(timeout=60)
+    times = sorted(stats.get("loginTimes") or [])
+    margin = min(300, lifetime * 0.1)
+    allowed = math.ceil(seconds / (lifetime - margin))
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    return {
+        "scenario": "logins", "seconds": seconds, "concurrency": concurrency, "token_lifetime": lifetime,
+        "logins": stats["logins"], "allowed": allowed, "smallest_gap_seconds": round(min(gaps), 2) if gaps else None,
+        "access_401": stats["access401"], "target": "<= ceil(60 / (10 - margin)) logins, never two within a second",
+        "pass": stats["logins"] <= allowed and all(gap >= 1 for gap in gaps),
+    }
+
+
+def rss_kib(pid):
+    """Peak resident memory so far (VmHWM) of `pid`, in KiB."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def done_rows(schema):
+    result = subprocess.run(
+        ["psql", os.environ["DATABASE_URL"], "-Atc", f"SELECT count(*) FROM \"{schema}\".queue_items WHERE state = 'done'"],
+        capture_output=True, text=True)
+    return int(result.stdout.strip() or 0)
+
+
+def memory():
+    """Peak RSS with 10,000 pairs queued vs 1,000,000: after the same work (the first 10,000 rows), which is
+    what shows whether the queue's length matters; and over a long stretch of the big run."""
+    small, large = 10_000, (100_000 if QUICK else 1_000_000)
+    seconds = int(os.environ.get("ENRICH_BENCH_MEMORY_SECONDS", 20 if QUICK else 60))
+    with Simulator() as simulator:
+        prepare("bench_memory", small)
+        small_run = Run("bench_memory", simulator.url).wait()
+        prepare("bench_memory", large)
+        run = Run("bench_memory", simulator.url)
+        time.sleep(0.3)
+        pid = int(subprocess.run(["pgrep", "-P", str(run.process.pid)], capture_output=True, text=True).stdout.split()[0])
+        at_small = None
+        while run.process.poll() is None and (seconds <= 0 or time.time() - run.started < seconds):
+            if at_small is None and done_rows("bench_memory") >= small:
+                at_small = rss_kib(pid) / 1024
+            time.sleep(0.2)
+        run.stop()
+        run.wait(timeout=300)
+    done = done_rows("bench_memory")
+    small_mb, long_mb = small_run.rss_mb, run.rss_mb
+    ratio = at_small / small_mb if at_small else None
+    return {
+        "scenario": "memory", "peak_rss_mb_10k_queued": round(small_mb, 1),
+        "peak_rss_mb_1m_queued_after_10k_rows": round(at_small, 1) if at_small else None,
+        "ratio": round(ratio, 3) if ratio else None, "queued_large": large,
+        "long_run_seconds": round(run.elapsed), "long_run_rows_done": done, "peak_rss_mb_long_run": round(long_mb, 1),
+        "target": "<= 64 MB, and within 10% of the 10,000-pair run",
+        "pass": long_mb <= 64 and ratio is not None and abs(ratio - 1) <= 0.10,
+    }
+
+
+def pickup():
+    count = 30 if QUICK else 200
+    prepare("bench_pickup", 0)
+    with Simulator("--record-times") as simulator:
+        run = Run("bench_pickup", simulator.url, "--follow")
+        time.sleep(2)
+        enqueued = {}
+        psql = subprocess.Popen(["psql", os.environ["DATABASE_URL"], "-Atq"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, bufsize=1)
+        for n in range(count):
+            user = f"pickup{n}"
+            psql.stdin.write(
+                f"INSERT INTO \"bench_pickup\".queue_items (organization_id, user_id) VALUES ('org1', '{user}') "
+                "RETURNING extract(epoch FROM clock_timestamp());\n")
+            psql.stdin.flush()
+            enqueued[user] = float(psql.stdout.readline())
+            time.sleep(0.05)
+        psql.stdin.close()
+        psql.wait()
+        time.sleep(1)
+        arrivals = simulator.stats().get("accessArrivals") or {}
+        run.stop()
+        run.wait(timeout=60)
+    latencies = sorted((arrivals[u] - t) * 1000 for u, t in enqueued.items() if u in arrivals)
+    p50 = statistics.median(latencies) if latencies else None
+    p99 = latencies[min(len(latencies) - 1, math.ceil(len(latencies) * 0.99) - 1)] if latencies else None
+    return {
+        "scenario": "pickup", "pairs": count, "picked_up": len(latencies), "p50_ms": round(p50, 1) if p50 else None,
+        "p99_ms": round(p99, 1) if p99 else None, "max_ms": round(latencies[-1], 1) if latencies else None,
+        "target": "p99 <= 50 ms", "pass": len(latencies) == count and p99 is not None and p99 <= 50,
+    }
+
+
+SCENARIOS = {
+    "overhead": overhead, "unknown-limit": lambda: limit(False), "known-limit": lambda: limit(True),
+    "latency": latency, "logins": logins, "memory": memory, "pickup": pickup,
+}
+
+
+def main(names):
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        sys.exit(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    results = []
+    for name in names or list(SCENARIOS):
+        started = time.time()
+        result = SCENARIOS[name]()
+        result["bench_seconds"] = round(time.time() - started, 1)
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    print()
+    print(f"{'scenario':<15} {'result':<6} figures")
+    for result in results:
+        figures = {k: v for k, v in result.items() if k not in ("scenario", "pass", "target", "bench_seconds")}
+        print(f"{result['scenario']:<15} {'PASS' if result['pass'] else 'FAIL':<6} "
+              + ", ".join(f"{k}={v}" for k, v in figures.items()))
+        print(f"{'':<22} target: {result['target']}")
+    if QUICK:
+        print("(quick mode: small and short, not comparable to the targets)")
+    return 0 if all(r["pass"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
