@@ -183,6 +183,18 @@ public struct Queue: Sendable {
         runID: Int64? = nil,
         maxAttempts: Int32? = nil
     ) async throws -> [LeasedItem] {
+        try await claimCounting(owner: owner, limit: limit, lease: lease, runID: runID, maxAttempts: maxAttempts).items
+    }
+
+    /// ``claim(owner:limit:lease:runID:maxAttempts:)``, also saying how many reclaimed rows it marked `failed`
+    /// (they had used their last attempt), so that the run can count them.
+    public func claimCounting(
+        owner: String,
+        limit: Int,
+        lease: Duration,
+        runID: Int64? = nil,
+        maxAttempts: Int32? = nil
+    ) async throws -> (items: [LeasedItem], failed: Int) {
         let limit = Int32(clamping: limit)
         let rows = try await run("claim") {
             try await database.client.query(
@@ -230,12 +242,16 @@ public struct Queue: Sendable {
             ).collect()
         }
         var items: [LeasedItem] = []
+        var failed = 0
         items.reserveCapacity(rows.count)
         for row in rows {
             let (id, organization, user, attempt, maxAttempts, exhausted) = try row.decode(
                 (Int64, String, String, Int32, Int32, Bool).self
             )
-            if exhausted { continue }
+            if exhausted {
+                failed += 1
+                continue
+            }
             items.append(
                 LeasedItem(
                     id: id,
@@ -246,7 +262,7 @@ public struct Queue: Sendable {
             )
         }
         items.sort { $0.id < $1.id }
-        return items
+        return (items, failed)
     }
 
     // MARK: Write back

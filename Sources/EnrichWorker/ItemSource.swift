@@ -97,13 +97,22 @@ actor ItemSource {
                 continue
             }
             let (queue, owner, runID, configuration) = (self.queue, self.owner, self.runID, self.configuration)
-            let items = try await database.run("claim rows") {
-                try await queue.claim(
+            let (items, failed) = try await database.run("claim rows") {
+                try await queue.claimCounting(
                     owner: owner,
                     limit: limit,
                     lease: configuration.lease,
                     runID: runID,
                     maxAttempts: configuration.maxAttempts
+                )
+            }
+            if failed > 0 {
+                // Reclaimed from a dead worker with no attempt left: failed by this run's claim.
+                statistics.update { $0.counters.failed += Int64(failed) }
+                statistics.metrics.recordWritten(done: 0, failed: failed, retried: 0)
+                logger.warning(
+                    "rows reclaimed after their last attempt were marked failed",
+                    metadata: ["rows": "\(failed)"]
                 )
             }
             if !items.isEmpty {

@@ -96,6 +96,25 @@ struct WorkerTests {
         }
     }
 
+    @Test("rows a dead worker held past their last attempt are failed by the next run and counted in it")
+    func reclaimedExhaustedRowsAreCounted() async throws {
+        let database = try TestDatabase.require()
+        try await WorkerHarness.enqueue(WorkerHarness.pairs(10), into: database, maxAttempts: 1)
+        _ = try await Queue(database: database).claim(owner: "crashed", limit: 4, lease: .milliseconds(1))
+        try await Task.sleep(for: .milliseconds(20))
+        try await withSimulatorClient { _, client in
+            let report = try await WorkerHarness.run(
+                database,
+                client: client,
+                configuration: WorkerHarness.configuration()
+            )
+            #expect(report.state == .succeeded)
+            #expect(report.statistics.counters.succeeded == 6 && report.statistics.counters.failed == 4)
+        }
+        let run = try #require(try await JobRuns(database: database).recent(limit: 1).first)
+        #expect(run.counters.failed == 4, "the job runs row and so the exit code see them")
+    }
+
     @Test("--rate at the API's limit: no 429 at all")
     func knownRateNeverTriggers429() async throws {
         let database = try TestDatabase.require()
