@@ -105,6 +105,7 @@ public struct Worker: Service {
             totalItems: total,
             settingsJSON: settingsJSON
         )
+        RunLogContext.setProcessRun(runID)
         var logger = self.logger
         logger[metadataKey: "run_id"] = "\(runID)"
         let owner = "\(ProcessInfo.processInfo.hostName):\(ProcessInfo.processInfo.processIdentifier):run-\(runID)"
