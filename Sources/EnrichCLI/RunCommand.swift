@@ -61,19 +61,20 @@ struct RunCommand: AsyncParsableCommand {
             services.append(MetricsEndpoint(registry: registry, host: settings.metricsHost, port: port, logger: logger))
         }
         let report: RunReport = try await Database.withDatabase(databaseConfiguration, logger: logger) { db in
-            try await NymbleClient.withClient(configuration: settings.client, logger: logger) { client in
-                let run = RunInvocation(
-                    database: db,
-                    client: client,
-                    settings: settings,
-                    metrics: metrics,
-                    services: services,
-                    progress: progress,
-                    logger: logger
-                )
-                guard let job else { return try await run.runWorker() }
-                return try await JobLock.withLock(jobName: job.name, database: db) { lock in
-                    try await run.runJob(job, lock: lock)
+            // The job's lock comes first: a second invocation gives up before it builds anything else.
+            try await JobLock.withLock(jobName: job?.name, database: db) { lock in
+                try await NymbleClient.withClient(configuration: settings.client, logger: logger) { client in
+                    let run = RunInvocation(
+                        database: db,
+                        client: client,
+                        settings: settings,
+                        metrics: metrics,
+                        services: services,
+                        progress: progress,
+                        logger: logger
+                    )
+                    guard let job, let lock else { return try await run.runWorker() }
+                    return try await run.runJob(job, lock: lock)
                 }
             }
         }

@@ -64,6 +64,16 @@ public enum JobLock {
         }
     }
 
+    /// Runs `body` without a lock when `jobName` is nil (plain `enrich run`), else as ``withLock(jobName:database:_:)``.
+    public static func withLock<Result: Sendable>(
+        jobName: String?,
+        database: Database,
+        _ body: (Held?) async throws -> Result
+    ) async throws -> Result {
+        guard let jobName else { return try await body(nil) }
+        return try await withLock(jobName: jobName, database: database) { (held: Held) in try await body(held) }
+    }
+
     /// Runs `body` while holding the lock of `jobName`; throws ``JobLockHeldError`` at once when another
     /// session holds it.
     public static func withLock<Result: Sendable>(
@@ -89,9 +99,18 @@ public enum JobLock {
                 logger: logger
             ).collect()
             guard try rows.first?.decode(Bool.self) == true else {
+                // Who holds it, on the same connection (no second connection: giving up must be quick).
+                let holder = try? await connection.query(
+                    """
+                    SELECT id, job_name, trigger, host, pid, state, started_at, finished_at, heartbeat_at,
+                        total_items, claimed, succeeded, failed, retried, throttled, logins, last_error
+                    FROM \(unescaped: database.schema).job_runs
+                    WHERE job_name = \(jobName) AND state = 'running'
+                    ORDER BY started_at DESC, id DESC LIMIT 1
+                    """,
+                    logger: logger
+                ).collect().first.map(JobRuns.jobRun(from:))
                 try? await connection.close()
-                let holder = try? await JobRuns(database: database).recent(limit: 1, jobName: jobName, state: .running)
-                    .first
                 throw JobLockHeldError(jobName: jobName, holder: holder)
             }
         } catch let error as JobLockHeldError {
