@@ -1,5 +1,6 @@
 import ArgumentParser
 import EnrichQueue
+import EnrichThrottle
 import EnrichWorker
 import Foundation
 
@@ -38,7 +39,7 @@ struct DatabaseCeilingCommand: AsyncParsableCommand {
                 }
                 return (rows, started.duration(to: .now))
             }
-            let elapsed = Double(seconds.components.seconds) + Double(seconds.components.attoseconds) / 1e18
+            let elapsed = seconds.secondsValue
             print(
                 #"{"rows": \#(rows), "seconds": \#(String(format: "%.3f", elapsed)), "rows_per_second": \#(String(format: "%.1f", Double(rows) / elapsed))}"#
             )

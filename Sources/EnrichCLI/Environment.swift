@@ -1,3 +1,4 @@
+import ArgumentParser
 import Foundation
 
 /// Reads configuration from the process environment, with the `NAME_FILE` convention for secrets:
@@ -34,6 +35,21 @@ public struct Environment: Sendable {
             throw ConfigurationError("environment variable \(name)='\(raw)' is not a valid \(T.self)")
         }
         return value
+    }
+}
+
+extension Environment {
+    /// A duration in seconds from `flag`, else from the variable `variable`; nil when neither is given.
+    /// Throws a usage error naming the flag when it is not a finite number above zero (or zero, with
+    /// `allowZero`).
+    func seconds(_ flag: Double?, _ variable: String, _ name: String, allowZero: Bool = false) throws -> Duration? {
+        guard let value = try flag ?? parsed(variable, as: Double.self) else { return nil }
+        guard value.isFinite, allowZero ? value >= 0 : value > 0 else {
+            throw ValidationError(
+                "\(name) must be \(allowZero ? "zero or more" : "more than zero") seconds (got \(value))"
+            )
+        }
+        return .seconds(value)
     }
 }
 

@@ -218,25 +218,24 @@ struct RunOptions: ParsableArguments {
         worker.rateLimit = try rate ?? environment.parsed("ENRICH_RATE")
         worker.maxAttempts = try maxAttempts ?? environment.parsed("ENRICH_MAX_ATTEMPTS")
         worker.claimBatch = try claimBatch ?? environment.parsed("ENRICH_CLAIM_BATCH")
-        worker.lease = try seconds(environment, lease, "ENRICH_LEASE", "--lease") ?? worker.lease
+        worker.lease = try environment.seconds(lease, "ENRICH_LEASE", "--lease") ?? worker.lease
         worker.heartbeatInterval =
-            try seconds(environment, heartbeat, "ENRICH_HEARTBEAT", "--heartbeat") ?? worker.heartbeatInterval
+            try environment.seconds(heartbeat, "ENRICH_HEARTBEAT", "--heartbeat") ?? worker.heartbeatInterval
         worker.pollInterval =
-            try seconds(environment, pollInterval, "ENRICH_POLL_INTERVAL", "--poll-interval") ?? worker.pollInterval
+            try environment.seconds(pollInterval, "ENRICH_POLL_INTERVAL", "--poll-interval") ?? worker.pollInterval
         worker.shutdownGrace =
-            try seconds(environment, shutdownGrace, "ENRICH_SHUTDOWN_GRACE", "--shutdown-grace", allowZero: true)
+            try environment.seconds(shutdownGrace, "ENRICH_SHUTDOWN_GRACE", "--shutdown-grace", allowZero: true)
             ?? worker.shutdownGrace
         worker.databaseOutageLimit =
-            try seconds(
-                environment,
+            try environment.seconds(
                 databaseOutageLimit,
                 "ENRICH_DB_OUTAGE_LIMIT",
                 "--db-outage-limit",
                 allowZero: true
             )
             ?? worker.databaseOutageLimit
-        let base = try seconds(environment, retryBase, "ENRICH_RETRY_BASE", "--retry-base") ?? worker.retryBackoff.base
-        let cap = try seconds(environment, retryCap, "ENRICH_RETRY_CAP", "--retry-cap") ?? worker.retryBackoff.cap
+        let base = try environment.seconds(retryBase, "ENRICH_RETRY_BASE", "--retry-base") ?? worker.retryBackoff.base
+        let cap = try environment.seconds(retryCap, "ENRICH_RETRY_CAP", "--retry-cap") ?? worker.retryBackoff.cap
         guard cap >= base else { throw ValidationError("--retry-cap must be at least --retry-base") }
         worker.retryBackoff = Backoff(base: base, cap: cap)
         worker.jobName = try jobName ?? environment.value("ENRICH_JOB_NAME") ?? worker.jobName
@@ -252,7 +251,7 @@ struct RunOptions: ParsableArguments {
         // Every task may hold a connection; AsyncHTTPClient fails pool waiters after the connect timeout.
         client.maximumConnections = worker.concurrency
         client.requestTimeout =
-            try seconds(environment, requestTimeout, "ENRICH_REQUEST_TIMEOUT", "--request-timeout")
+            try environment.seconds(requestTimeout, "ENRICH_REQUEST_TIMEOUT", "--request-timeout")
             ?? client.requestTimeout
 
         guard let orgCode = try orgCode ?? environment.value("NYMBLE_ORG_CODE"),
@@ -279,31 +278,14 @@ struct RunOptions: ParsableArguments {
             token: TokenStoreConfiguration(),
             credentials: NymbleCredentials(orgCode: orgCode, clientId: clientId, clientSecret: secret),
             progress: progress,
-            progressLogInterval: try seconds(
-                environment,
+            progressLogInterval: try environment.seconds(
                 progressLogInterval,
                 "ENRICH_PROGRESS_LOG_INTERVAL",
                 "--progress-log-interval"
             ) ?? .seconds(10),
-            staleAfter: try seconds(environment, staleAfter, "ENRICH_STALE_AFTER", "--stale-after") ?? .seconds(60),
+            staleAfter: try environment.seconds(staleAfter, "ENRICH_STALE_AFTER", "--stale-after") ?? .seconds(60),
             metricsPort: metricsPort,
             metricsHost: try metricsHost ?? environment.value("ENRICH_METRICS_HOST") ?? "0.0.0.0"
         )
-    }
-
-    private func seconds(
-        _ environment: Environment,
-        _ flag: Double?,
-        _ variable: String,
-        _ name: String,
-        allowZero: Bool = false
-    ) throws -> Duration? {
-        guard let value = try flag ?? environment.parsed(variable, as: Double.self) else { return nil }
-        guard value.isFinite, allowZero ? value >= 0 : value > 0 else {
-            throw ValidationError(
-                "\(name) must be \(allowZero ? "zero or more" : "more than zero") seconds (got \(value))"
-            )
-        }
-        return .seconds(value)
     }
 }

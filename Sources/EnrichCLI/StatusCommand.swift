@@ -65,8 +65,7 @@ struct StatusCommand: AsyncParsableCommand {
             }
             return duration
         }
-        let stale = try staleAfter ?? environment.parsed("ENRICH_STALE_AFTER", as: Double.self) ?? 60
-        guard stale > 0, stale.isFinite else { throw ValidationError("--stale-after must be more than 0 seconds") }
+        let stale = try environment.seconds(staleAfter, "ENRICH_STALE_AFTER", "--stale-after") ?? .seconds(60)
         let logger = try database.makeLogger()
         let configuration = try database.configuration(environment)
         let job = self.job
@@ -79,7 +78,7 @@ struct StatusCommand: AsyncParsableCommand {
             latest: latest,
             now: now,
             maxAge: maxAge,
-            staleAfter: .seconds(stale)
+            staleAfter: stale
         )
         print(health.line)
         return health.isProblem ? EnrichExitCode.checkFailed : EnrichExitCode.success

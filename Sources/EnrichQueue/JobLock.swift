@@ -102,9 +102,7 @@ public enum JobLock {
                 // Who holds it, on the same connection (no second connection: giving up must be quick).
                 let holder = try? await connection.query(
                     """
-                    SELECT id, job_name, trigger, host, pid, state, started_at, finished_at, heartbeat_at,
-                        total_items, claimed, succeeded, failed, retried, throttled, logins, last_error
-                    FROM \(unescaped: database.schema).job_runs
+                    SELECT \(unescaped: JobRuns.columns) FROM \(unescaped: database.schema).job_runs
                     WHERE job_name = \(jobName) AND state = 'running'
                     ORDER BY started_at DESC, id DESC LIMIT 1
                     """,

@@ -179,7 +179,7 @@ public struct JobRuns: Sendable {
     /// process died or hung (the caller holds the job's lock, so no live run of the job is left). Returns
     /// the ids marked.
     public func abandonStale(jobName: String, staleAfter: Duration, markedBy runner: String) async throws -> [Int64] {
-        let seconds = Double(staleAfter.components.seconds) + Double(staleAfter.components.attoseconds) / 1e18
+        let seconds = staleAfter.intervalSeconds
         return try await run("mark stale runs abandoned") {
             let rows = try await database.client.query(
                 """
@@ -202,8 +202,7 @@ public struct JobRuns: Sendable {
         try await run("read job runs") {
             let rows = try await database.client.query(
                 """
-                SELECT id, job_name, trigger, host, pid, state, started_at, finished_at, heartbeat_at, total_items,
-                    claimed, succeeded, failed, retried, throttled, logins, last_error
+                SELECT \(unescaped: Self.columns)
                 FROM \(unescaped: schema).job_runs
                 WHERE (\(jobName)::text IS NULL OR job_name = \(jobName))
                     AND (\(state?.rawValue)::text IS NULL OR state = \(state?.rawValue))
@@ -221,8 +220,7 @@ public struct JobRuns: Sendable {
         try await run("read a job run") {
             let rows = try await database.client.query(
                 """
-                SELECT id, job_name, trigger, host, pid, state, started_at, finished_at, heartbeat_at, total_items,
-                    claimed, succeeded, failed, retried, throttled, logins, last_error
+                SELECT \(unescaped: Self.columns)
                 FROM \(unescaped: schema).job_runs WHERE id = \(id)
                 """,
                 logger: logger
@@ -230,6 +228,12 @@ public struct JobRuns: Sendable {
             return try rows.first.map(Self.jobRun(from:))
         }
     }
+
+    /// The columns ``jobRun(from:)`` decodes, in its order.
+    static let columns = """
+        id, job_name, trigger, host, pid, state, started_at, finished_at, heartbeat_at, total_items, \
+        claimed, succeeded, failed, retried, throttled, logins, last_error
+        """
 
     static func jobRun(from row: PostgresRow) throws -> JobRun {
         var cells = row.makeRandomAccess()[...].makeIterator()

@@ -150,8 +150,7 @@ public struct AdaptiveRateController<Instant: InstantProtocol>: Sendable where I
         for slot in slots where slot.number > first && slot.number <= current { total += Double(slot.count) }
         // Of the slot holding `since`, count only the share after it (calls are assumed spread evenly).
         if let slot = slots.first(where: { $0.number == first }) {
-            let slotLength = configuration.measurementWindow.secondsValue / Double(slots.count)
-            let start = (origin.map { $0.duration(to: since).secondsValue } ?? 0) / slotLength - Double(first)
+            let start = slotPosition(since) - Double(first)
             total += Double(slot.count) * max(0, min(1, 1 - start))
         }
         return total / seconds
@@ -163,8 +162,7 @@ public struct AdaptiveRateController<Instant: InstantProtocol>: Sendable where I
         var total = 0
         for slot in slots where slot.number > current - slots.count && slot.number <= current { total += slot.count }
         // The current slot is only partly elapsed: divide by the time really covered.
-        let slotLength = configuration.measurementWindow.secondsValue / Double(slots.count)
-        let elapsedInCurrent = (origin.map { $0.duration(to: now).secondsValue } ?? 0) / slotLength - Double(current)
+        let elapsedInCurrent = slotPosition(now) - Double(current)
         let sinceOrigin = origin.map { $0.duration(to: now).secondsValue } ?? 0
         let covered = min(
             (Double(slots.count - 1) + max(0, min(1, elapsedInCurrent))) * slotLength,
@@ -207,6 +205,15 @@ public struct AdaptiveRateController<Instant: InstantProtocol>: Sendable where I
         self.rate = clamp(next)
     }
 
+    /// The length of one slot of the acceptance ring, in seconds.
+    private var slotLength: Double { configuration.measurementWindow.secondsValue / Double(slots.count) }
+
+    /// Where `instant` falls on the slot scale: its slot number plus the fraction of that slot elapsed
+    /// (0 before the first accepted call).
+    private func slotPosition(_ instant: Instant) -> Double {
+        (origin.map { $0.duration(to: instant).secondsValue } ?? 0) / slotLength
+    }
+
     /// Time since the first accepted call (zero before any).
     private func trafficDuration(now: Instant) -> Duration {
         origin.map { $0.duration(to: now) } ?? .zero
@@ -221,7 +228,6 @@ public struct AdaptiveRateController<Instant: InstantProtocol>: Sendable where I
     private mutating func slotNumber(_ now: Instant) -> Int {
         let origin = self.origin ?? now
         self.origin = origin
-        let slotLength = configuration.measurementWindow.secondsValue / Double(slots.count)
-        return max(0, Int((origin.duration(to: now).secondsValue / slotLength).rounded(.down)))
+        return max(0, Int(slotPosition(now).rounded(.down)))
     }
 }

@@ -108,8 +108,7 @@ actor ItemSource {
             }
             if failed > 0 {
                 // Reclaimed from a dead worker with no attempt left: failed by this run's claim.
-                statistics.update { $0.counters.failed += Int64(failed) }
-                statistics.metrics.recordWritten(done: 0, failed: failed, retried: 0)
+                statistics.recordWritten(done: 0, failed: failed, retried: 0)
                 logger.warning(
                     "rows reclaimed after their last attempt were marked failed",
                     metadata: ["rows": "\(failed)"]

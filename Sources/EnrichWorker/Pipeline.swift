@@ -146,12 +146,11 @@ struct Pipeline<C: Clock>: Sendable where C.Duration == Duration {
                     )
                 }
                 _ = try await database.run("extend leases") { try await queue.extendLeases(owner: owner, lease: lease) }
-                if statistics.metrics.isEnabled {
-                    // Best effort: a metrics gauge is not worth stopping the run for.
-                    if let queueCounts = try? await queue.counts() { statistics.metrics.recordQueue(queueCounts) }
-                    statistics.metrics.recordLoginTotal(Int(counters.logins))
-                    statistics.metrics.recordRate(await throttle.currentRate())
-                }
+                await statistics.metrics.refresh(
+                    queue: queue,
+                    logins: Int(counters.logins),
+                    rate: await throttle.currentRate()
+                )
                 sinceCompaction += configuration.heartbeatInterval
                 if sinceCompaction >= compactionInterval {
                     sinceCompaction = .zero

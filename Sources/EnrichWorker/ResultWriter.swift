@@ -152,15 +152,12 @@ actor ResultWriter {
     /// Adds what a flush wrote to the run's counters and metrics.
     private func account(completed: WriteOutcome, failed: WriteOutcome, released: WriteOutcome) {
         let stale = completed.staleIDs.count + failed.staleIDs.count + released.staleIDs.count
-        statistics.metrics.recordWritten(
+        statistics.recordWritten(
             done: completed.written,
             failed: failed.failedPermanently,
             retried: failed.written - failed.failedPermanently
         )
         statistics.update {
-            $0.counters.succeeded += Int64(completed.written)
-            $0.counters.failed += Int64(failed.failedPermanently)
-            $0.counters.retried += Int64(failed.written - failed.failedPermanently)
             $0.released += Int64(released.written)
             $0.stale += Int64(stale)
         }

@@ -93,7 +93,7 @@ public final class RunMetrics: Sendable {
     }
 
     /// The process's login total so far (the counter grows by the difference).
-    func recordLoginTotal(_ total: Int) {
+    private func recordLoginTotal(_ total: Int) {
         let delta = loginsReported.withLock { reported in
             defer { reported = max(reported, total) }
             return total - reported
@@ -101,11 +101,16 @@ public final class RunMetrics: Sendable {
         if delta > 0 { logins.increment(by: delta) }
     }
 
-    func recordQueue(_ counts: QueueCounts) {
-        for (state, gauge) in queueItems { gauge.record(counts[state]) }
+    /// Refreshes the gauges (and the login counter) when metrics are on: rows per queue state (a query, best
+    /// effort: a gauge is not worth failing the run for), logins so far and the throttle's rate.
+    func refresh(queue: Queue, logins: Int, rate: @autoclosure () async -> Double?) async {
+        guard isEnabled else { return }
+        if let counts = try? await queue.counts() {
+            for (state, gauge) in queueItems { gauge.record(counts[state]) }
+        }
+        recordLoginTotal(logins)
+        throttleRate.record(await rate() ?? 0)
     }
-
-    func recordRate(_ rate: Double?) { throttleRate.record(rate ?? 0) }
 }
 
 extension Duration {

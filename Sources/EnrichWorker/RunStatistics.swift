@@ -27,5 +27,16 @@ public final class RunStatistics: Sendable {
 
     func update(_ body: (inout Snapshot) -> Void) { state.withLock { body(&$0) } }
 
+    /// Rows whose outcome reached the queue: `done`, `failed` for good, or back to pending (`retried`).
+    /// Counted in the run's counters and its metrics alike.
+    func recordWritten(done: Int, failed: Int, retried: Int) {
+        metrics.recordWritten(done: done, failed: failed, retried: retried)
+        update {
+            $0.counters.succeeded += Int64(done)
+            $0.counters.failed += Int64(failed)
+            $0.counters.retried += Int64(retried)
+        }
+    }
+
     public var snapshot: Snapshot { state.withLock { $0 } }
 }

@@ -180,10 +180,7 @@ public struct Worker: Service {
 
         if Task.isCancelled { control.interrupt() }
         let logins = await tokens.loginCount()
-        if metrics.isEnabled {
-            metrics.recordLoginTotal(logins)
-            if let counts = try? await queue.counts() { metrics.recordQueue(counts) }
-        }
+        await metrics.refresh(queue: queue, logins: logins, rate: await throttle.currentRate())
         var counters = statistics.snapshot.counters
         counters.logins = Int64(logins)
         let fatal = control.fatalError
