@@ -127,18 +127,7 @@ struct RunInvocation {
     /// A job run, under the job's lock: mark dead runs of the job abandoned, enqueue its source, drain.
     func runJob(_ job: JobDefinition, lock: JobLock.Held) async throws -> RunReport {
         let jobRuns = JobRuns(database: database)
-        let runner = "\(ProcessInfo.processInfo.hostName):\(ProcessInfo.processInfo.processIdentifier)"
-        // A live run rides out a database outage up to its outage limit without heartbeats: never call it
-        // dead sooner than that.
         let worker = settings.worker
-        let staleAfter = max(settings.staleAfter, worker.databaseOutageLimit + worker.heartbeatInterval * 2)
-        let abandoned = try await jobRuns.abandonStale(jobName: job.name, staleAfter: staleAfter, markedBy: runner)
-        for id in abandoned {
-            logger.warning(
-                "marked a dead run of this job abandoned (stale heartbeat)",
-                metadata: ["job": "\(job.name)", "abandoned_run_id": "\(id)"]
-            )
-        }
         if case .sql(let sql) = job.source {
             do {
                 let summary = try await Queue(database: database).enqueue(
@@ -175,6 +164,7 @@ struct RunInvocation {
             let logger = logger
             onProgress = { progress.show($0, logger: logger) }
         }
+        let follow = settings.worker.follow
         let worker = Worker(
             configuration: settings.worker,
             database: database,
@@ -182,7 +172,15 @@ struct RunInvocation {
             tokens: store,
             logger: logger,
             metrics: metrics,
-            onProgress: onProgress
+            onProgress: onProgress,
+            onStopDeadline: { stuck in
+                // The last resort: whatever is stuck, the process ends; the rows it holds go to the next run.
+                progress?.finish()
+                printError("enrich: error: run \(stuck.runID) \(stuck.message)")
+                let code = stuck.state == .failed ? EnrichExitCode.failure
+                    : follow ? EnrichExitCode.success : EnrichExitCode.interrupted
+                exit(code)
+            }
         )
         return try await WorkerService.run(worker, alongside: services + extra, logger: logger)
     }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import EnrichQueue
 import EnrichThrottle
 import EnrichToken
@@ -168,11 +169,29 @@ struct RunOptions: ParsableArguments {
     @Option(
         name: .customLong("stale-after"),
         help: ArgumentHelp(
-            "With --job: a running row of the job whose heartbeat is older than this many seconds is marked abandoned (env ENRICH_STALE_AFTER; default 60).",
+            "A running run without a liveness lock (an older enrich) whose heartbeat is older than this many seconds is marked abandoned; never less than --db-outage-limit + 2 heartbeats (env ENRICH_STALE_AFTER; default 60).",
             valueName: "seconds"
         )
     )
     var staleAfter: Double?
+
+    @Option(
+        name: .customLong("max-takeovers"),
+        help: ArgumentHelp(
+            "Times a row may be taken over from a worker that stopped while holding it before it is failed (env ENRICH_MAX_TAKEOVERS; default 10).",
+            valueName: "n"
+        )
+    )
+    var maxTakeovers: Int32?
+
+    @Option(
+        name: .customLong("stall-timeout"),
+        help: ArgumentHelp(
+            "Seconds a run may hold rows without completing any, while the database and the API answer, before it stops as failed; 0 never stops (env ENRICH_STALL_TIMEOUT; default 180).",
+            valueName: "seconds"
+        )
+    )
+    var stallTimeout: Double?
 
     @Option(
         name: .customLong("metrics-port"),
@@ -198,6 +217,19 @@ struct RunOptions: ParsableArguments {
     @Option(name: .customLong("client-id"), help: ArgumentHelp("ClientId (env NYMBLE_CLIENT_ID).", valueName: "id"))
     var clientId: String?
 
+    /// A base URL the API client can use: http or https, with a host. Checked before anything is called, so
+    /// that a typo is a configuration error (exit 4) at once, not a network error retried for seconds.
+    static func checkAPIURL(_ text: String, from source: String) throws(ConfigurationError) {
+        guard let url = URLComponents(string: text), let scheme = url.scheme?.lowercased(),
+            scheme == "http" || scheme == "https", let host = url.host, !host.isEmpty
+        else {
+            throw ConfigurationError(
+                "\(source) '\(text)' is not an API base URL: expected http(s)://host[:port][/path], "
+                    + "e.g. https://api.achievemomentum.com"
+            )
+        }
+    }
+
     /// Everything resolved: flags first, then environment, then defaults.
     struct Settings {
         var worker: WorkerConfiguration
@@ -206,7 +238,6 @@ struct RunOptions: ParsableArguments {
         var credentials: NymbleCredentials
         var progress: ProgressPrinter.Mode
         var progressLogInterval: Duration
-        var staleAfter: Duration
         var metricsPort: Int?
         var metricsHost: String
     }
@@ -234,6 +265,12 @@ struct RunOptions: ParsableArguments {
                 allowZero: true
             )
             ?? worker.databaseOutageLimit
+        worker.staleAfter =
+            try environment.seconds(staleAfter, "ENRICH_STALE_AFTER", "--stale-after") ?? worker.staleAfter
+        worker.maxTakeovers = try maxTakeovers ?? environment.parsed("ENRICH_MAX_TAKEOVERS") ?? worker.maxTakeovers
+        worker.stallTimeout =
+            try environment.seconds(stallTimeout, "ENRICH_STALL_TIMEOUT", "--stall-timeout", allowZero: true)
+            ?? worker.stallTimeout
         let base = try environment.seconds(retryBase, "ENRICH_RETRY_BASE", "--retry-base") ?? worker.retryBackoff.base
         let cap = try environment.seconds(retryCap, "ENRICH_RETRY_CAP", "--retry-cap") ?? worker.retryBackoff.cap
         guard cap >= base else { throw ValidationError("--retry-cap must be at least --retry-base") }
@@ -248,6 +285,7 @@ struct RunOptions: ParsableArguments {
 
         var client = NymbleClientConfiguration()
         client.baseURL = try apiURL ?? environment.value("NYMBLE_BASE_URL") ?? client.baseURL
+        try Self.checkAPIURL(client.baseURL, from: apiURL != nil ? "--api-url" : "NYMBLE_BASE_URL")
         // Every task may hold a connection; AsyncHTTPClient fails pool waiters after the connect timeout.
         client.maximumConnections = worker.concurrency
         client.requestTimeout =
@@ -283,7 +321,6 @@ struct RunOptions: ParsableArguments {
                 "ENRICH_PROGRESS_LOG_INTERVAL",
                 "--progress-log-interval"
             ) ?? .seconds(10),
-            staleAfter: try environment.seconds(staleAfter, "ENRICH_STALE_AFTER", "--stale-after") ?? .seconds(60),
             metricsPort: metricsPort,
             metricsHost: try metricsHost ?? environment.value("ENRICH_METRICS_HOST") ?? "0.0.0.0"
         )

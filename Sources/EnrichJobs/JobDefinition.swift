@@ -51,6 +51,8 @@ public struct JobDefinition: Sendable, Equatable {
         "retry-cap": ("ENRICH_RETRY_CAP", .seconds),
         "request-timeout": ("ENRICH_REQUEST_TIMEOUT", .seconds),
         "stale-after": ("ENRICH_STALE_AFTER", .seconds),
+        "max-takeovers": ("ENRICH_MAX_TAKEOVERS", .count),
+        "stall-timeout": ("ENRICH_STALL_TIMEOUT", .secondsOrZero),
         "progress-log-interval": ("ENRICH_PROGRESS_LOG_INTERVAL", .seconds),
         "api-url": ("NYMBLE_BASE_URL", .text),
     ]

@@ -35,34 +35,33 @@ public struct Database: Sendable {
     /// Opens one direct connection and runs `SELECT 1`, so that an unreachable server or a refused login
     /// fails at once with the server's own reason (the pool would keep retrying in the background).
     func checkConnection() async throws {
-        let description = configuration.description
+        try await withDirectSession("check the connection") { session in try await session.query("SELECT 1") }
+    }
+
+    /// Why the server cannot be reached right now, in plain words ("connection refused", "the database
+    /// system is starting up", ...), found with one direct connection attempt of at most `timeout`; nil when
+    /// it answers. For messages about an outage, where the pool only says that it has no connection.
+    public func probe(timeout: Duration = .seconds(3)) async -> String? {
+        var probing = configuration
+        probing.connectTimeout = min(configuration.connectTimeout, timeout)
+        probing.statementTimeout = timeout
         do {
-            let connection = try await PostgresConnection.connect(
-                configuration: try configuration.connectionConfiguration(),
-                id: 0,
-                logger: logger
-            )
-            do {
-                try await connection.query("SELECT 1", logger: logger)
-                try await connection.close()
-            } catch {
-                try? await connection.close()
-                throw error
-            }
+            try await Database(client: client, configuration: probing, logger: logger).checkConnection()
+            return nil
+        } catch let error as DatabaseError {
+            return error.message
         } catch {
-            let reason: String
-            if let psql = error as? PSQLError {
-                if let message = psql.serverInfo?[.message] {
-                    reason = message
-                } else if let underlying = psql.underlying {
-                    reason = String(describing: underlying)
-                } else {
-                    reason = "\(psql.code)"
-                }
-            } else {
-                reason = String(describing: error)
-            }
-            throw DatabaseError(.cannotConnect, "cannot connect to PostgreSQL at \(description): \(reason)")
+            return DatabaseError.plainReason(error)
         }
+    }
+
+    /// The error for a connection that could not be opened: names the server (never the password) and
+    /// the cause in plain words.
+    func cannotConnect(_ error: any Error) -> DatabaseError {
+        if let error = error as? DatabaseError, error.code == .cannotConnect { return error }
+        return DatabaseError(
+            .cannotConnect,
+            "cannot connect to PostgreSQL at \(configuration.description): \(DatabaseError.plainReason(error))"
+        )
     }
 }

@@ -23,12 +23,16 @@ public struct DatabaseConfiguration: Sendable, CustomStringConvertible {
     public var maximumConnections: Int
     /// How long to wait for a connection to open, in seconds.
     public var connectTimeout: Duration
+    /// How long a statement (or a wait for a pooled connection) may take before it is given up and its
+    /// connection closed; bulk loads pass a longer one of their own.
+    public var statementTimeout: Duration
 
     public init(
         url: String,
         schema: String = "enrich",
         maximumConnections: Int = 8,
-        connectTimeout: Duration = .seconds(10)
+        connectTimeout: Duration = .seconds(10),
+        statementTimeout: Duration = .seconds(30)
     ) throws(DatabaseError) {
         guard let components = URLComponents(string: url),
             let scheme = components.scheme, scheme == "postgres" || scheme == "postgresql"
@@ -61,6 +65,7 @@ public struct DatabaseConfiguration: Sendable, CustomStringConvertible {
         self.schema = try SchemaName.validated(schema)
         self.maximumConnections = maximumConnections
         self.connectTimeout = connectTimeout
+        self.statementTimeout = statementTimeout
     }
 
     /// `host:port/database` (or the socket path), for messages. Never includes the password.

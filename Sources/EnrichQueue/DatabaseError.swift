@@ -1,3 +1,6 @@
+import Foundation
+import NIOCore
+import NIOPosix
 import PostgresNIO
 
 /// An error from the PostgreSQL side of enrich: connecting, migrating or running a queue statement.
@@ -7,7 +10,7 @@ public struct DatabaseError: Error, CustomStringConvertible, Sendable {
     /// What kind of failure this is. Compare with the static members (`.cannotConnect`, ...).
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private enum Base: String, Hashable, Sendable {
-            case invalidURL, cannotConnect, queryFailed, invalidSchemaName, schemaNotMigrated, badSource
+            case invalidURL, cannotConnect, timedOut, queryFailed, invalidSchemaName, schemaNotMigrated, badSource
         }
         private let base: Base
         private init(_ base: Base) { self.base = base }
@@ -16,6 +19,8 @@ public struct DatabaseError: Error, CustomStringConvertible, Sendable {
         public static let invalidURL = Code(.invalidURL)
         /// The server could not be reached or refused the login.
         public static let cannotConnect = Code(.cannotConnect)
+        /// The server gave no answer by the deadline (a statement, or a wait for a connection).
+        public static let timedOut = Code(.timedOut)
         /// A statement failed on the server.
         public static let queryFailed = Code(.queryFailed)
         /// The configured schema name is not a plain lower-case SQL identifier.
@@ -47,7 +52,7 @@ public struct DatabaseError: Error, CustomStringConvertible, Sendable {
     /// insufficient resources 53, operator intervention such as a restart 57P, lock not available 55P03).
     /// A statement the server rejects for its content (bad data, missing table) fails the same way again.
     public var isTransient: Bool {
-        if code == .cannotConnect { return true }
+        if code == .cannotConnect || code == .timedOut { return true }
         guard let sqlState else { return code == .queryFailed }
         return sqlState.hasPrefix("08") || sqlState.hasPrefix("40") || sqlState.hasPrefix("53")
             || sqlState.hasPrefix("57P") || sqlState == "55P03"
@@ -55,7 +60,26 @@ public struct DatabaseError: Error, CustomStringConvertible, Sendable {
 
     /// Wraps a PostgresNIO error with the operation it interrupted, keeping only secret-free parts:
     /// the server's message, SQLSTATE and detail (never the bound values or connection password).
-    static func wrap(_ error: any Error, during operation: String) -> DatabaseError {
+    /// Errors that are already worded for users (``DatabaseError``, ``InputError``, cancellation) pass as
+    /// they are.
+    static func wrap(_ error: any Error, during operation: String) -> any Error {
+        let error = unwrapTransactionError(error)
+        if error is DatabaseError || error is InputError || error is CancellationError { return error }
+        return wrapped(error, during: operation)
+    }
+
+    /// Wraps only the driver's own errors (PostgresNIO, NIO); anything else, such as an error thrown by the
+    /// caller's code inside a session, passes unchanged.
+    static func wrapDriverError(_ error: any Error, during operation: String) -> any Error {
+        let error = unwrapTransactionError(error)
+        guard error is PSQLError || error is PostgresDecodingError || error is NIOConnectionError
+            || error is IOError || error is ChannelError
+        else { return error }
+        return wrapped(error, during: operation)
+    }
+
+    /// ``wrap(_:during:)`` for callers that need a ``DatabaseError`` whatever the error was.
+    static func wrapped(_ error: any Error, during operation: String) -> DatabaseError {
         let error = unwrapTransactionError(error)
         if let error = error as? DatabaseError { return error }
         if let psql = error as? PSQLError {
@@ -69,14 +93,56 @@ public struct DatabaseError: Error, CustomStringConvertible, Sendable {
                 return DatabaseError(.queryFailed, text, sqlState: info[.sqlState])
             }
             if psql.code == .connectionError || psql.code == .unexpectedBackendMessage
-                || psql.code == .serverClosedConnection
+                || psql.code == .serverClosedConnection || psql.code == .clientClosedConnection
+                || psql.code == .poolClosed
             {
-                let cause = psql.underlying.map { String(describing: $0) } ?? "\(psql.code)"
-                return DatabaseError(.cannotConnect, "\(operation) failed: lost the database connection (\(cause))")
+                return DatabaseError(
+                    .cannotConnect,
+                    "\(operation) failed: lost the database connection (\(plainReason(error)))"
+                )
             }
             return DatabaseError(.queryFailed, "\(operation) failed: \(psql.code)")
         }
+        if error is NIOConnectionError || error is IOError || error is ChannelError {
+            return DatabaseError(.cannotConnect, "\(operation) failed: \(plainReason(error))")
+        }
         return DatabaseError(.queryFailed, "\(operation) failed: \(type(of: error))")
+    }
+
+    /// Why a connection failed, in plain words: the server's own message, "connection refused", "host not
+    /// found", "timed out"... Never contains the password (PostgresNIO's errors do not carry it).
+    public static func plainReason(_ error: any Error) -> String {
+        switch error {
+        case let error as DatabaseError:
+            return error.message
+        case let psql as PSQLError:
+            if let message = psql.serverInfo?[.message] { return message }
+            if let underlying = psql.underlying { return plainReason(underlying) }
+            switch psql.code {
+            case .serverClosedConnection: return "the server closed the connection"
+            case .clientClosedConnection: return "the connection was closed"
+            default: return "\(psql.code)"
+            }
+        case let connection as NIOConnectionError:
+            if connection.dnsAError != nil || connection.dnsAAAAError != nil {
+                return "host \(connection.host) not found"
+            }
+            return connection.connectionErrors.first.map { plainReason($0.error) } ?? "could not connect"
+        case let io as IOError:
+            switch io.errnoCode {
+            case ECONNREFUSED: return "connection refused"
+            case ETIMEDOUT: return "timed out"
+            case EHOSTUNREACH: return "host unreachable"
+            case ENETUNREACH: return "network unreachable"
+            case ECONNRESET: return "connection reset"
+            default: return String(cString: strerror(io.errnoCode)).lowercased()
+            }
+        case let channel as ChannelError:
+            if case .connectTimeout = channel { return "no answer within the connect timeout" }
+            return "\(channel)"
+        default:
+            return String(describing: error)
+        }
     }
 }
 

@@ -37,28 +37,23 @@ public struct JobLockLostError: Error, CustomStringConvertible, Sendable {
 public enum JobLock {
     /// The lock, while held: ``verify()`` checks that its session is still alive and holds it.
     public struct Held: Sendable {
-        let connection: PostgresConnection
+        let session: DatabaseSession
         let jobName: String
-        let logger: Logger
 
         /// Throws ``JobLockLostError`` when the lock's session is gone (server restart, dropped connection):
         /// from then on another runner could start the job, so the run must stop.
         public func verify() async throws {
             let held: Bool
             do {
-                let rows = try await connection.query(
+                let rows = try await session.query(
                     """
                     SELECT count(*) FROM pg_locks
                     WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
-                    """,
-                    logger: logger
-                ).collect()
+                    """
+                )
                 held = try (rows.first?.decode(Int64.self) ?? 0) > 0
             } catch {
-                throw JobLockLostError(
-                    jobName: jobName,
-                    reason: "its connection failed: \(DatabaseError.wrap(error, during: "check the job lock"))"
-                )
+                throw JobLockLostError(jobName: jobName, reason: "its connection failed: \(error)")
             }
             guard held else { throw JobLockLostError(jobName: jobName, reason: "the server no longer lists it") }
         }
@@ -81,49 +76,22 @@ public enum JobLock {
         database: Database,
         _ body: (Held) async throws -> Result
     ) async throws -> Result {
-        let logger = database.logger
         let key = "enrich:\(database.configuration.schema):\(jobName)"
-        let connection: PostgresConnection
-        do {
-            connection = try await PostgresConnection.connect(
-                configuration: try database.configuration.connectionConfiguration(),
-                id: 1,
-                logger: logger
-            )
-        } catch {
-            throw DatabaseError.wrap(error, during: "connect for the job lock")
-        }
-        do {
-            let rows = try await connection.query(
-                "SELECT pg_try_advisory_lock(hashtextextended(\(key), 0))",
-                logger: logger
-            ).collect()
+        return try await database.withDirectSession("take the job lock") { session in
+            let rows = try await session.query("SELECT pg_try_advisory_lock(hashtextextended(\(key), 0))")
             guard try rows.first?.decode(Bool.self) == true else {
                 // Who holds it, on the same connection (no second connection: giving up must be quick).
-                let holder = try? await connection.query(
+                let holder = try? await session.query(
                     """
                     SELECT \(unescaped: JobRuns.columns) FROM \(unescaped: database.schema).job_runs
                     WHERE job_name = \(jobName) AND state = 'running'
                     ORDER BY started_at DESC, id DESC LIMIT 1
-                    """,
-                    logger: logger
-                ).collect().first.map(JobRuns.jobRun(from:))
-                try? await connection.close()
+                    """
+                ).first.map(JobRuns.jobRun(from:))
                 throw JobLockHeldError(jobName: jobName, holder: holder)
             }
-        } catch let error as JobLockHeldError {
-            throw error
-        } catch {
-            try? await connection.close()
-            throw DatabaseError.wrap(error, during: "take the job lock")
-        }
-        do {
-            let result = try await body(Held(connection: connection, jobName: jobName, logger: logger))
-            try? await connection.close()  // closing the session releases the lock
-            return result
-        } catch {
-            try? await connection.close()
-            throw error
+            // Closing the session (when body returns or throws) releases the lock.
+            return try await body(Held(session: session, jobName: jobName))
         }
     }
 }

@@ -68,6 +68,8 @@ public struct JobRun: Sendable, Codable, Equatable {
     public var totalItems: Int64?
     public var counters: RunCounters
     public var lastError: String?
+    /// Since when the run has held rows without completing any (a stuck run); nil while it makes progress.
+    public var stalledSince: Date?
 
     public init(
         id: Int64,
@@ -81,7 +83,8 @@ public struct JobRun: Sendable, Codable, Equatable {
         heartbeatAt: Date,
         totalItems: Int64?,
         counters: RunCounters,
-        lastError: String?
+        lastError: String?,
+        stalledSince: Date? = nil
     ) {
         self.id = id
         self.jobName = jobName
@@ -95,6 +98,7 @@ public struct JobRun: Sendable, Codable, Equatable {
         self.totalItems = totalItems
         self.counters = counters
         self.lastError = lastError
+        self.stalledSince = stalledSince
     }
 }
 
@@ -106,7 +110,34 @@ public struct JobRuns: Sendable {
 
     public init(database: Database) { self.database = database }
 
-    /// Records the start of a run and returns its id.
+    /// What a run records when it starts.
+    public struct Start: Sendable {
+        public var jobName: String
+        public var trigger: RunTrigger
+        public var host: String
+        public var pid: Int32
+        public var totalItems: Int64?
+        public var settingsJSON: String
+
+        public init(
+            jobName: String,
+            trigger: RunTrigger,
+            host: String = ProcessInfo.processInfo.hostName,
+            pid: Int32 = ProcessInfo.processInfo.processIdentifier,
+            totalItems: Int64?,
+            settingsJSON: String = "{}"
+        ) {
+            self.jobName = jobName
+            self.trigger = trigger
+            self.host = host
+            self.pid = pid
+            self.totalItems = totalItems
+            self.settingsJSON = settingsJSON
+        }
+    }
+
+    /// Records the start of a run that holds no liveness lock (a run that failed before it began, for
+    /// monitoring) and returns its id. Live runs start through ``RunLiveness/withRun(database:start:_:)``.
     public func start(
         jobName: String,
         trigger: RunTrigger,
@@ -115,37 +146,63 @@ public struct JobRuns: Sendable {
         totalItems: Int64?,
         settingsJSON: String = "{}"
     ) async throws -> Int64 {
-        try await run("record the run start") {
-            let rows = try await database.client.query(
-                """
-                INSERT INTO \(unescaped: schema).job_runs (job_name, trigger, host, pid, total_items, settings)
-                VALUES (\(jobName), \(trigger.rawValue), \(host), \(pid), \(totalItems), \(settingsJSON)::jsonb)
-                RETURNING id
-                """,
-                logger: logger
-            ).collect()
-            guard let id = try rows.first?.decode(Int64.self) else {
-                throw DatabaseError(.queryFailed, "recording the run start returned no id")
-            }
-            return id
+        let start = Start(
+            jobName: jobName,
+            trigger: trigger,
+            host: host,
+            pid: pid,
+            totalItems: totalItems,
+            settingsJSON: settingsJSON
+        )
+        return try await database.withSession("record the run start") { session in
+            try await insert(start, liveness: false, on: session)
         }
+    }
+
+    func insert(_ start: Start, liveness: Bool, on session: DatabaseSession) async throws -> Int64 {
+        let rows = try await session.query(
+            """
+            INSERT INTO \(unescaped: schema).job_runs
+                (job_name, trigger, host, pid, total_items, settings, liveness)
+            VALUES (\(start.jobName), \(start.trigger.rawValue), \(start.host), \(start.pid), \(start.totalItems),
+                \(start.settingsJSON)::jsonb, \(liveness))
+            RETURNING id
+            """
+        )
+        guard let id = try rows.first?.decode(Int64.self) else {
+            throw DatabaseError(.queryFailed, "recording the run start returned no id")
+        }
+        return id
     }
 
     /// Stores the current counters and moves the heartbeat to now. Returns false when the run is no longer
     /// `running` (another runner marked it abandoned after its heartbeat went stale).
+    ///
+    /// - Parameters:
+    ///   - totalItems: the run's progress denominator when it changed (rows added or taken over mid-run).
+    ///   - stalledSince: how long the run has held rows without completing any (nil: it makes progress).
     @discardableResult
-    public func heartbeat(id: Int64, counters: RunCounters) async throws -> Bool {
+    public func heartbeat(
+        id: Int64,
+        counters: RunCounters,
+        totalItems: Int64? = nil,
+        stalledFor: Duration? = nil
+    ) async throws -> Bool {
         try await run("update the run heartbeat") {
-            let rows = try await database.client.query(
+            let rows = try await database.query(
+                "update the run heartbeat",
                 """
                 UPDATE \(unescaped: schema).job_runs SET heartbeat_at = now(),
                     claimed = \(counters.claimed), succeeded = \(counters.succeeded), failed = \(counters.failed),
-                    retried = \(counters.retried), throttled = \(counters.throttled), logins = \(counters.logins)
+                    retried = \(counters.retried), throttled = \(counters.throttled), logins = \(counters.logins),
+                    total_items = COALESCE(\(totalItems), total_items),
+                    stalled_since = CASE WHEN \(stalledFor?.intervalSeconds)::float8 IS NULL THEN NULL
+                        ELSE COALESCE(stalled_since,
+                            now() - make_interval(secs => \(stalledFor?.intervalSeconds ?? 0))) END
                 WHERE id = \(id) AND state = 'running'
                 RETURNING id
-                """,
-                logger: logger
-            ).collect()
+                """
+            )
             return !rows.isEmpty
         }
     }
@@ -153,7 +210,7 @@ public struct JobRuns: Sendable {
     /// The database server's clock (status checks compare heartbeats with it, not with the local clock).
     public func now() async throws -> Date {
         try await run("read the database clock") {
-            let rows = try await database.client.query("SELECT now()", logger: logger).collect()
+            let rows = try await database.query("read the database clock", "SELECT now()")
             return try rows.first?.decode(Date.self) ?? Date()
         }
     }
@@ -161,46 +218,161 @@ public struct JobRuns: Sendable {
     /// Records the end of a run: its final state, counters and (secret-free) last error.
     public func finish(id: Int64, state: RunState, counters: RunCounters, lastError: String?) async throws {
         try await run("record the run end") {
-            try await database.client.query(
+            try await database.query(
+                "record the run end",
                 """
                 UPDATE \(unescaped: schema).job_runs SET state = \(state.rawValue), finished_at = now(),
-                    heartbeat_at = now(),
+                    heartbeat_at = now(), stalled_since = NULL,
                     claimed = \(counters.claimed), succeeded = \(counters.succeeded), failed = \(counters.failed),
                     retried = \(counters.retried), throttled = \(counters.throttled), logins = \(counters.logins),
                     last_error = \(lastError.map { String($0.prefix(2000)) })
                 WHERE id = \(id)
-                """,
-                logger: logger
+                """
             )
         }
     }
 
-    /// Marks `running` rows of `jobName` whose heartbeat is older than `staleAfter` as `abandoned`: their
-    /// process died or hung (the caller holds the job's lock, so no live run of the job is left). Returns
-    /// the ids marked.
-    public func abandonStale(jobName: String, staleAfter: Duration, markedBy runner: String) async throws -> [Int64] {
-        let seconds = staleAfter.intervalSeconds
-        return try await run("mark stale runs abandoned") {
-            let rows = try await database.client.query(
-                """
-                UPDATE \(unescaped: schema).job_runs SET state = 'abandoned', finished_at = now(),
-                    last_error = 'no heartbeat since ' || to_char(heartbeat_at AT TIME ZONE 'UTC',
-                        'YYYY-MM-DD"T"HH24:MI:SS"Z"') || ' (host ' || host || ', pid ' || pid || '); marked by '
-                        || \(runner)
-                WHERE job_name = \(jobName) AND state = 'running'
-                    AND heartbeat_at < now() - make_interval(secs => \(seconds))
-                RETURNING id
-                """,
-                logger: logger
-            ).collect()
-            return try rows.map { try $0.decode(Int64.self) }
+    /// After a server start, how long runs are given to take their liveness locks again before a missing
+    /// lock counts as a death (runs retake it at their next heartbeat).
+    public static let restartGrace: Duration = .seconds(30)
+
+    /// The first key of every run's liveness lock in this schema.
+    static func livenessClass(schema: String) -> Int32 {
+        // FNV-1a, so that the key is the same for every build and host.
+        var hash: UInt32 = 2_166_136_261
+        for byte in "enrich-run:\(schema)".utf8 {
+            hash = (hash ^ UInt32(byte)) &* 16_777_619
+        }
+        return Int32(bitPattern: hash)
+    }
+
+    /// The SQL condition "run `r` is dead": its liveness lock is gone (and the server has been up long
+    /// enough for live runs to have taken theirs again), or, for a run without one, its heartbeat is older
+    /// than `staleAfter`.
+    private func deadCondition(staleAfter: Duration) -> String {
+        let key = Self.livenessClass(schema: database.configuration.schema)
+        return """
+            ((r.liveness AND pg_postmaster_start_time() < now() - make_interval(secs => \(Self.restartGrace.intervalSeconds))
+                AND NOT EXISTS (
+                    SELECT 1 FROM pg_locks l
+                    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                        AND l.classid = (\(key))::oid AND l.objid = (r.id & 2147483647)::integer::oid))
+             OR r.heartbeat_at < now() - make_interval(secs => \(staleAfter.intervalSeconds)))
+            """
+    }
+
+    /// What ``abandonDeadRuns(excluding:staleAfter:markedBy:maxTakeovers:)`` did.
+    public struct Abandoned: Sendable, Equatable {
+        /// Runs marked `abandoned`.
+        public var runIDs: [Int64] = []
+        /// Rows that dead (or ended) runs still held, handed back to `pending`.
+        public var rowsFreed: Int = 0
+        /// Of those, rows failed instead: taken over too often.
+        public var rowsFailed: Int = 0
+
+        public init(runIDs: [Int64] = [], rowsFreed: Int = 0, rowsFailed: Int = 0) {
+            self.runIDs = runIDs
+            self.rowsFreed = rowsFreed
+            self.rowsFailed = rowsFailed
+        }
+    }
+
+    /// Marks every `running` run of the schema whose process is dead `abandoned` (see ``RunLiveness``), with
+    /// counters taken from the rows it wrote where its heartbeat never recorded them, and hands the rows
+    /// that dead or ended runs still hold back to `pending` at once (counting a takeover; a row taken over
+    /// more than `maxTakeovers` times is failed), instead of leaving them to lease expiry.
+    ///
+    /// Any run calls this when it starts and at every heartbeat; `excluding` is the caller's own run.
+    @discardableResult
+    public func abandonDeadRuns(
+        excluding ownRun: Int64? = nil,
+        staleAfter: Duration,
+        markedBy runner: String,
+        maxTakeovers: Int32 = Queue.defaultMaxTakeovers
+    ) async throws -> Abandoned {
+        let dead = deadCondition(staleAfter: staleAfter)
+        let reason = Queue.takeoverReason("{n}")
+        return try await run("mark dead runs abandoned") {
+            try await database.transaction("mark dead runs abandoned") { session in
+                let runs = try await session.query(
+                    PostgresQuery(
+                        unsafeSQL: """
+                            WITH dead AS (
+                                SELECT r.id FROM \(schema).job_runs r
+                                WHERE r.state = 'running' AND r.id <> $1 AND \(dead)
+                                FOR UPDATE OF r SKIP LOCKED
+                            )
+                            UPDATE \(schema).job_runs AS r SET state = 'abandoned', finished_at = now(),
+                                stalled_since = NULL,
+                                succeeded = GREATEST(r.succeeded, (SELECT count(*) FROM \(schema).queue_items i
+                                    WHERE i.job_run_id = r.id AND i.state = 'done')),
+                                failed = GREATEST(r.failed, (SELECT count(*) FROM \(schema).queue_items i
+                                    WHERE i.job_run_id = r.id AND i.state = 'failed')),
+                                last_error = CASE WHEN r.heartbeat_at < now() - make_interval(secs => $2)
+                                        THEN 'no heartbeat since '
+                                        ELSE 'its process is gone (liveness lock released); last heartbeat ' END
+                                    || to_char(r.heartbeat_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+                                    || ' (host ' || r.host || ', pid ' || r.pid || '); marked by ' || $3
+                            FROM dead WHERE r.id = dead.id
+                            RETURNING r.id
+                            """,
+                        binds: try binds(ownRun ?? -1, staleAfter.intervalSeconds, runner)
+                    )
+                )
+                let freed = try await session.query(
+                    """
+                    WITH held AS (
+                        SELECT i.id, i.takeovers >= \(maxTakeovers) AS exhausted
+                        FROM \(unescaped: schema).queue_items i
+                        WHERE i.state = 'running' AND EXISTS (
+                            SELECT 1 FROM \(unescaped: schema).job_runs r
+                            WHERE r.id = i.job_run_id AND r.state <> 'running')
+                        FOR UPDATE OF i SKIP LOCKED
+                    )
+                    UPDATE \(unescaped: schema).queue_items AS item SET
+                        state = CASE WHEN held.exhausted THEN 'failed' ELSE 'pending' END,
+                        takeovers = item.takeovers + 1, available_at = now(),
+                        lease_owner = NULL, lease_expires_at = NULL, updated_at = now(),
+                        last_error = CASE WHEN held.exhausted
+                            THEN replace(\(reason), '{n}', (item.takeovers + 1)::text) ELSE item.last_error END
+                    FROM held WHERE item.id = held.id
+                    RETURNING held.exhausted
+                    """
+                )
+                var result = Abandoned()
+                result.runIDs = try runs.map { try $0.decode(Int64.self) }
+                result.rowsFreed = freed.count
+                result.rowsFailed = try freed.filter { try $0.decode(Bool.self) }.count
+                return result
+            }
+        }
+    }
+
+    /// Of the given `running` runs, those whose process is dead (read only; status shows them as such).
+    public func deadRuns(among ids: [Int64], staleAfter: Duration) async throws -> Set<Int64> {
+        guard !ids.isEmpty else { return [] }
+        let dead = deadCondition(staleAfter: staleAfter)
+        return try await run("check run liveness") {
+            let rows = try await database.query(
+                "check run liveness",
+                PostgresQuery(
+                    unsafeSQL: """
+                        SELECT r.id FROM \(schema).job_runs r
+                        WHERE r.id = ANY($1) AND r.state = 'running' AND \(dead)
+                        """,
+                    binds: try binds(ids)
+                )
+            )
+            return Set(try rows.map { try $0.decode(Int64.self) })
         }
     }
 
     /// The most recent runs, newest first, optionally of one job and in one state.
     public func recent(limit: Int = 10, jobName: String? = nil, state: RunState? = nil) async throws -> [JobRun] {
         try await run("read job runs") {
-            let rows = try await database.client.query(
+            let rows = try await database.query(
+                "read job runs",
                 """
                 SELECT \(unescaped: Self.columns)
                 FROM \(unescaped: schema).job_runs
@@ -208,9 +380,8 @@ public struct JobRuns: Sendable {
                     AND (\(state?.rawValue)::text IS NULL OR state = \(state?.rawValue))
                 ORDER BY started_at DESC, id DESC
                 LIMIT \(Int32(clamping: limit))
-                """,
-                logger: logger
-            ).collect()
+                """
+            )
             return try rows.map(Self.jobRun(from:))
         }
     }
@@ -218,13 +389,13 @@ public struct JobRuns: Sendable {
     /// One run by id.
     public func run(id: Int64) async throws -> JobRun? {
         try await run("read a job run") {
-            let rows = try await database.client.query(
+            let rows = try await database.query(
+                "read a job run",
                 """
                 SELECT \(unescaped: Self.columns)
                 FROM \(unescaped: schema).job_runs WHERE id = \(id)
-                """,
-                logger: logger
-            ).collect()
+                """
+            )
             return try rows.first.map(Self.jobRun(from:))
         }
     }
@@ -232,7 +403,7 @@ public struct JobRuns: Sendable {
     /// The columns ``jobRun(from:)`` decodes, in its order.
     static let columns = """
         id, job_name, trigger, host, pid, state, started_at, finished_at, heartbeat_at, total_items, \
-        claimed, succeeded, failed, retried, throttled, logins, last_error
+        claimed, succeeded, failed, retried, throttled, logins, last_error, stalled_since
         """
 
     static func jobRun(from row: PostgresRow) throws -> JobRun {
@@ -260,6 +431,7 @@ public struct JobRuns: Sendable {
             logins: try next()
         )
         let lastError: String? = try next()
+        let stalledSince: Date? = try next()
         return JobRun(
             id: id,
             jobName: jobName,
@@ -272,8 +444,16 @@ public struct JobRuns: Sendable {
             heartbeatAt: heartbeatAt,
             totalItems: totalItems,
             counters: counters,
-            lastError: lastError
+            lastError: lastError,
+            stalledSince: stalledSince
         )
+    }
+
+    /// Bind values for a query spliced with ``deadCondition(staleAfter:)``.
+    private func binds(_ values: any PostgresEncodable...) throws -> PostgresBindings {
+        var bindings = PostgresBindings()
+        for value in values { try bindings.append(value, context: .default) }
+        return bindings
     }
 
     @discardableResult

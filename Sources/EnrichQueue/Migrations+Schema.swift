@@ -1,6 +1,6 @@
 /// enrich's schema history. Append new migrations; never edit an applied one.
 enum Migrations {
-    static let all: [Migration] = [initialSchema, newWorkNotifications]
+    static let all: [Migration] = [initialSchema, newWorkNotifications, claimsAndLiveness]
 
     /// Version 1: the queue, its per-state counters, and the job runs (status) table.
     static let initialSchema = Migration(
@@ -179,6 +179,27 @@ enum Migrations {
                 REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
                 EXECUTE FUNCTION {schema}.queue_notify_pending()
             """,
+        ]
+    )
+
+    /// Version 3: attempts count calls, not claims; takeovers are counted apart; runs prove they are alive.
+    ///
+    /// - `claims` (the fencing token, one per claim) replaces `attempts` in write fences; `attempts` now
+    ///   counts calls whose outcome was written, so a crash loop no longer spends the attempts of rows it
+    ///   never sent; `takeovers` counts rows taken back from a worker that stopped holding them.
+    /// - `job_runs.liveness`: the run holds a session advisory lock on its id while it lives, so a dead run
+    ///   is seen at once; `stalled_since`: the run holds rows but completes none (a stuck run).
+    static let claimsAndLiveness = Migration(
+        version: 3,
+        name: "claims, takeovers, run liveness and stalls",
+        statements: [
+            "ALTER TABLE {schema}.queue_items ADD COLUMN claims integer NOT NULL DEFAULT 0",
+            "ALTER TABLE {schema}.queue_items ADD COLUMN takeovers integer NOT NULL DEFAULT 0",
+            // Rows held by a worker of an earlier version keep their fence (it was the attempt number).
+            "UPDATE {schema}.queue_items SET claims = attempts WHERE state = 'running'",
+            "ALTER TABLE {schema}.job_runs ADD COLUMN liveness boolean NOT NULL DEFAULT false",
+            "ALTER TABLE {schema}.job_runs ADD COLUMN stalled_since timestamptz",
+            "CREATE INDEX queue_items_run_idx ON {schema}.queue_items (job_run_id) WHERE state = 'running'",
         ]
     )
 }

@@ -22,45 +22,45 @@ public struct Migrator: Sendable {
     /// Applies every migration not yet recorded and returns the versions applied by this call.
     @discardableResult
     public func migrate() async throws -> [Int] {
-        var applied: [Int] = []
-        for migration in Migrations.all {
-            do {
-                let didApply = try await database.client.withTransaction(logger: database.logger) { connection in
-                    try await apply(migration, on: connection)
+        // A migration may rewrite a big table: its statements get the bulk timeout.
+        try await database.withDirectSession("migrate", statementTimeout: Queue.bulkStatementTimeout) { session in
+            var applied: [Int] = []
+            for migration in Migrations.all {
+                do {
+                    if try await session.transaction({ try await apply(migration, on: $0) }) {
+                        applied.append(migration.version)
+                    }
+                } catch {
+                    throw DatabaseError.wrap(error, during: "migration \(migration.version) (\(migration.name))")
                 }
-                if didApply { applied.append(migration.version) }
-            } catch {
-                throw DatabaseError.wrap(error, during: "migration \(migration.version) (\(migration.name))")
             }
+            return applied
         }
-        return applied
     }
 
     /// The versions recorded in the schema's migrations table (empty when the schema does not exist).
     public func appliedVersions() async throws -> [Int] {
         let schemaName = database.configuration.schema
         let exists =
-            try await database.client.query(
-                "SELECT to_regclass(\(schemaName + ".schema_migrations")) IS NOT NULL",
-                logger: database.logger
-            ).collect().first?.decode(Bool.self) ?? false
+            try await database.query(
+                "read the applied migrations",
+                "SELECT to_regclass(\(schemaName + ".schema_migrations")) IS NOT NULL"
+            ).first?.decode(Bool.self) ?? false
         guard exists else { return [] }
-        let rows = try await database.client.query(
-            "SELECT version FROM \(unescaped: database.schema).schema_migrations ORDER BY version",
-            logger: database.logger
+        let rows = try await database.query(
+            "read the applied migrations",
+            "SELECT version FROM \(unescaped: database.schema).schema_migrations ORDER BY version"
         )
-        var versions: [Int] = []
-        for try await version in rows.decode(Int.self) { versions.append(version) }
-        return versions
+        return try rows.map { try $0.decode(Int.self) }
     }
 
-    private func apply(_ migration: Migration, on connection: PostgresConnection) async throws -> Bool {
+    private func apply(_ migration: Migration, on connection: DatabaseSession) async throws -> Bool {
         let logger = database.logger
         let schema = database.schema
         // Serialises concurrent migrators on this schema; released at commit or rollback.
         let lockKey = "enrich.migrate." + database.configuration.schema
-        try await connection.query("SELECT pg_advisory_xact_lock(hashtext(\(lockKey)))", logger: logger)
-        try await connection.query("CREATE SCHEMA IF NOT EXISTS \(unescaped: schema)", logger: logger)
+        try await connection.query("SELECT pg_advisory_xact_lock(hashtext(\(lockKey)))")
+        try await connection.query("CREATE SCHEMA IF NOT EXISTS \(unescaped: schema)")
         try await connection.query(
             """
             CREATE TABLE IF NOT EXISTS \(unescaped: schema).schema_migrations (
@@ -68,21 +68,18 @@ public struct Migrator: Sendable {
                 name text NOT NULL,
                 applied_at timestamptz NOT NULL DEFAULT now()
             )
-            """,
-            logger: logger
+            """
         )
         let existing = try await connection.query(
-            "SELECT 1 FROM \(unescaped: schema).schema_migrations WHERE version = \(migration.version)",
-            logger: logger
-        ).collect()
+            "SELECT 1 FROM \(unescaped: schema).schema_migrations WHERE version = \(migration.version)"
+        )
         guard existing.isEmpty else { return false }
         for statement in migration.statements {
             let sql = statement.replacingOccurrences(of: "{schema}", with: schema)
-            try await connection.query(PostgresQuery(unsafeSQL: sql), logger: logger)
+            try await connection.query(PostgresQuery(unsafeSQL: sql))
         }
         try await connection.query(
-            "INSERT INTO \(unescaped: schema).schema_migrations (version, name) VALUES (\(migration.version), \(migration.name))",
-            logger: logger
+            "INSERT INTO \(unescaped: schema).schema_migrations (version, name) VALUES (\(migration.version), \(migration.name))"
         )
         logger.info("applied migration", metadata: ["version": "\(migration.version)", "name": "\(migration.name)"])
         return true

@@ -26,8 +26,15 @@ public final class PairCSVReader {
             self.handle = FileHandle.standardInput
         } else {
             self.fileName = path
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+                throw InputError(file: path, line: nil, problem: "no such file")
+            }
+            if isDirectory.boolValue {
+                throw InputError(file: path, line: nil, problem: "is a directory, not a CSV file")
+            }
             guard let handle = FileHandle(forReadingAtPath: path) else {
-                throw InputError(file: path, line: nil, problem: "cannot open the file for reading")
+                throw InputError(file: path, line: nil, problem: "cannot open the file for reading (permissions?)")
             }
             self.handle = handle
         }

@@ -24,7 +24,8 @@ public struct Queue: Sendable {
         nextChunk: () throws -> [Pair]?
     ) async throws -> EnqueueSummary {
         do {
-            return try await database.client.withTransaction(logger: logger) { connection in
+            return try await database.withDirectSession("enqueue") { session in
+                try await session.transaction { session in
                 var summary = EnqueueSummary()
                 while let chunk = try nextChunk() {
                     summary.read += chunk.count
@@ -40,13 +41,14 @@ public struct Queue: Sendable {
                     let (inserted, requeued) = try await insert(
                         source: "SELECT o, u FROM unnest(\(organizations)::text[], \(users)::text[]) AS p(o, u)",
                         maxAttempts: maxAttempts,
-                        on: connection
+                        on: session
                     )
                     summary.inserted += inserted
                     summary.requeued += requeued
                 }
                 summary.alreadyQueued = summary.read - summary.inserted - summary.requeued
                 return summary
+                }
             }
         } catch {
             throw rethrown(error, during: "enqueue")
@@ -70,17 +72,18 @@ public struct Queue: Sendable {
         guard !trimmed.isEmpty else { throw DatabaseError(.badSource, "\(origin): the query is empty") }
         let source = trimmed
         do {
-            return try await database.client.withTransaction(logger: logger) { connection in
+            return try await database.withDirectSession(origin, statementTimeout: Self.bulkStatementTimeout) {
+                session in
+                try await session.transaction { connection in
                 let sample = try await connection.query(
-                    "SELECT * FROM (\(unescaped: source)) AS source LIMIT 1",
-                    logger: logger
-                ).collect()
+                    "SELECT * FROM (\(unescaped: source)) AS source LIMIT 1"
+                )
                 guard let first = sample.first else { return EnqueueSummary() }
                 guard first.count == 2 else {
                     throw DatabaseError(
                         .badSource,
-                        "\(origin): the query returns \(first.count) columns; it must return exactly 2 "
-                            + "(organization id, then user id)"
+                        "\(origin): the query returns \(first.count) column\(first.count == 1 ? "" : "s"); it must "
+                            + "return exactly 2 (organization id, then user id)"
                     )
                 }
                 let check = try await connection.query(
@@ -92,19 +95,16 @@ public struct Queue: Sendable {
                     WHERE o IS NULL OR u IS NULL OR btrim(o) = '' OR btrim(u) = ''
                         OR length(o) > 256 OR length(u) > 256
                     LIMIT 1
-                    """,
-                    logger: logger
-                ).collect()
+                    """
+                )
                 if let bad = check.first {
                     let (_, row, organization, user) = try bad.decode((Int64, Int64, String?, String?).self)
                     let problem = Self.problem(organization: organization, user: user)
                     throw DatabaseError(.badSource, "\(origin) row \(row): \(problem); nothing was enqueued")
                 }
                 let total =
-                    try await connection.query(
-                        "SELECT count(*) FROM (\(unescaped: source)) AS source",
-                        logger: logger
-                    ).collect().first?.decode(Int64.self) ?? 0
+                    try await connection.query("SELECT count(*) FROM (\(unescaped: source)) AS source")
+                    .first?.decode(Int64.self) ?? 0
                 let (inserted, requeued) = try await insert(
                     source: "SELECT DISTINCT o::text, u::text FROM (\(unescaped: source)) AS source(o, u)",
                     maxAttempts: maxAttempts,
@@ -116,11 +116,14 @@ public struct Queue: Sendable {
                     requeued: requeued,
                     alreadyQueued: Int(total) - inserted - requeued
                 )
+                }
             }
         } catch {
             let error = unwrapTransactionError(error)
-            if let error = error as? DatabaseError { throw error }
-            let wrapped = DatabaseError.wrap(error, during: origin)
+            if let error = error as? DatabaseError, error.code != .queryFailed && error.code != .schemaNotMigrated {
+                throw error
+            }
+            let wrapped = DatabaseError.wrapped(error, during: origin)
             // A lost connection is not the query's fault.
             if wrapped.isTransient { throw wrapped }
             // A missing table here is the user's, not enrich's: drop the "run enrich migrate" hint.
@@ -143,7 +146,7 @@ public struct Queue: Sendable {
     private func insert(
         source: PostgresQuery,
         maxAttempts: Int32,
-        on connection: PostgresConnection
+        on session: DatabaseSession
     ) async throws -> (Int, Int) {
         var query = PostgresQuery(
             unsafeSQL: """
@@ -152,7 +155,7 @@ public struct Queue: Sendable {
                     SELECT incoming.o, incoming.u, $\(source.binds.count + 1)::integer
                     FROM (\(source.sql)) AS incoming(o, u)
                     ON CONFLICT (organization_id, user_id) DO UPDATE
-                        SET state = 'pending', attempts = 0, max_attempts = EXCLUDED.max_attempts,
+                        SET state = 'pending', attempts = 0, takeovers = 0, max_attempts = EXCLUDED.max_attempts,
                             available_at = now(), last_error = NULL, lease_owner = NULL,
                             lease_expires_at = NULL, updated_at = now()
                         WHERE item.state IN ('done', 'failed')
@@ -163,7 +166,7 @@ public struct Queue: Sendable {
             binds: source.binds
         )
         query.binds.append(maxAttempts, context: .default)
-        let row = try await connection.query(query, logger: logger).collect().first
+        let row = try await session.query(query).first
         guard let row else { return (0, 0) }
         let (inserted, requeued) = try row.decode((Int64, Int64).self)
         return (Int(inserted), Int(requeued))
@@ -172,81 +175,99 @@ public struct Queue: Sendable {
     // MARK: Claim
 
     /// Leases up to `limit` rows in one statement: the oldest available `pending` rows plus any `running`
-    /// rows whose lease expired (a crashed worker's). Each claimed row gets `attempts + 1`, this owner and
-    /// a lease until now + `lease`. Rows locked by a concurrent claimer are skipped, never shared.
+    /// rows whose lease expired (a stalled or crashed worker's). Each claimed row gets `claims + 1` (the
+    /// fence of this claim), this owner and a lease until now + `lease`; its `attempts` are untouched, since
+    /// they count calls. Rows locked by a concurrent claimer are skipped, never shared.
     ///
-    /// A reclaimed row that has already used all its attempts is marked `failed` instead of being handed out.
+    /// A row taken over from an expired lease counts a takeover; one taken over more than `maxTakeovers`
+    /// times (it may be what stops its workers) is marked `failed` instead of being handed out again.
     public func claim(
         owner: String,
         limit: Int,
         lease: Duration,
         runID: Int64? = nil,
-        maxAttempts: Int32? = nil
+        maxAttempts: Int32? = nil,
+        maxTakeovers: Int32 = Queue.defaultMaxTakeovers
     ) async throws -> [LeasedItem] {
-        try await claimCounting(owner: owner, limit: limit, lease: lease, runID: runID, maxAttempts: maxAttempts).items
+        try await claimCounting(
+            owner: owner,
+            limit: limit,
+            lease: lease,
+            runID: runID,
+            maxAttempts: maxAttempts,
+            maxTakeovers: maxTakeovers
+        ).items
     }
 
-    /// ``claim(owner:limit:lease:runID:maxAttempts:)``, also saying how many reclaimed rows it marked `failed`
-    /// (they had used their last attempt), so that the run can count them.
+    /// Takeovers a row may have before it is failed (a row that keeps stopping its worker).
+    public static let defaultMaxTakeovers: Int32 = 10
+
+    /// The reason written on a row failed for too many takeovers.
+    static func takeoverReason(_ takeovers: String) -> String {
+        "taken over from a stopped worker \(takeovers) times: it may be what stops the workers (see their logs)"
+    }
+
+    /// ``claim(owner:limit:lease:runID:maxAttempts:maxTakeovers:)``, also saying how many rows it marked
+    /// `failed` (taken over too often), so that the run can count them.
     public func claimCounting(
         owner: String,
         limit: Int,
         lease: Duration,
         runID: Int64? = nil,
-        maxAttempts: Int32? = nil
+        maxAttempts: Int32? = nil,
+        maxTakeovers: Int32 = Queue.defaultMaxTakeovers
     ) async throws -> (items: [LeasedItem], failed: Int) {
         let limit = Int32(clamping: limit)
-        let rows = try await run("claim") {
-            try await database.client.query(
-                """
-                WITH expired AS MATERIALIZED (
-                    SELECT id FROM \(unescaped: schema).queue_items
-                    WHERE state = 'running' AND lease_expires_at < now()
-                    ORDER BY lease_expires_at
-                    LIMIT \(limit)
-                    FOR UPDATE SKIP LOCKED
-                ), fresh AS MATERIALIZED (
-                    SELECT id FROM \(unescaped: schema).queue_items
-                    WHERE state = 'pending' AND available_at <= now()
-                    ORDER BY available_at, id
-                    LIMIT \(limit)
-                    FOR UPDATE SKIP LOCKED
-                ), picked AS (
-                    SELECT id, true AS reclaimed FROM expired
-                    UNION ALL
-                    SELECT id, false AS reclaimed FROM fresh
-                    LIMIT \(limit)
-                ), decided AS (
-                    SELECT item.id, picked.reclaimed
-                        AND item.attempts >= COALESCE(\(maxAttempts)::integer, item.max_attempts) AS exhausted
-                    FROM picked JOIN \(unescaped: schema).queue_items AS item ON item.id = picked.id
-                )
-                UPDATE \(unescaped: schema).queue_items AS item SET
-                    state = CASE WHEN decided.exhausted THEN 'failed' ELSE 'running' END,
-                    attempts = CASE WHEN decided.exhausted THEN item.attempts ELSE item.attempts + 1 END,
-                    max_attempts = COALESCE(\(maxAttempts)::integer, item.max_attempts),
-                    lease_owner = CASE WHEN decided.exhausted THEN NULL ELSE \(owner) END,
-                    lease_expires_at = CASE WHEN decided.exhausted THEN NULL
-                        ELSE now() + make_interval(secs => \(lease.intervalSeconds)) END,
-                    last_error = CASE WHEN decided.exhausted
-                        THEN 'lease expired after the last attempt (the worker holding it stopped or stalled)'
-                        ELSE item.last_error END,
-                    job_run_id = COALESCE(\(runID)::bigint, item.job_run_id),
-                    updated_at = now()
-                FROM decided
-                WHERE item.id = decided.id
-                RETURNING item.id, item.organization_id, item.user_id, item.attempts, item.max_attempts,
-                    decided.exhausted
-                """,
-                logger: logger
-            ).collect()
-        }
+        let reasonPrefix = Self.takeoverReason("{n}")
+        let rows = try await database.query(
+            "claim",
+            """
+            WITH expired AS MATERIALIZED (
+                SELECT id FROM \(unescaped: schema).queue_items
+                WHERE state = 'running' AND lease_expires_at < now()
+                ORDER BY lease_expires_at
+                LIMIT \(limit)
+                FOR UPDATE SKIP LOCKED
+            ), fresh AS MATERIALIZED (
+                SELECT id FROM \(unescaped: schema).queue_items
+                WHERE state = 'pending' AND available_at <= now()
+                ORDER BY available_at, id
+                LIMIT \(limit)
+                FOR UPDATE SKIP LOCKED
+            ), picked AS (
+                SELECT id, true AS reclaimed FROM expired
+                UNION ALL
+                SELECT id, false AS reclaimed FROM fresh
+                LIMIT \(limit)
+            ), decided AS (
+                SELECT item.id, picked.reclaimed, picked.reclaimed AND item.takeovers >= \(maxTakeovers) AS exhausted
+                FROM picked JOIN \(unescaped: schema).queue_items AS item ON item.id = picked.id
+            )
+            UPDATE \(unescaped: schema).queue_items AS item SET
+                state = CASE WHEN decided.exhausted THEN 'failed' ELSE 'running' END,
+                claims = item.claims + 1,
+                takeovers = item.takeovers + CASE WHEN decided.reclaimed THEN 1 ELSE 0 END,
+                max_attempts = COALESCE(\(maxAttempts)::integer, item.max_attempts),
+                lease_owner = CASE WHEN decided.exhausted THEN NULL ELSE \(owner) END,
+                lease_expires_at = CASE WHEN decided.exhausted THEN NULL
+                    ELSE now() + make_interval(secs => \(lease.intervalSeconds)) END,
+                last_error = CASE WHEN decided.exhausted
+                    THEN replace(\(reasonPrefix), '{n}', (item.takeovers + 1)::text)
+                    ELSE item.last_error END,
+                job_run_id = COALESCE(\(runID)::bigint, item.job_run_id),
+                updated_at = now()
+            FROM decided
+            WHERE item.id = decided.id
+            RETURNING item.id, item.organization_id, item.user_id, item.attempts, item.claims, item.max_attempts,
+                decided.exhausted
+            """
+        )
         var items: [LeasedItem] = []
         var failed = 0
         items.reserveCapacity(rows.count)
         for row in rows {
-            let (id, organization, user, attempt, maxAttempts, exhausted) = try row.decode(
-                (Int64, String, String, Int32, Int32, Bool).self
+            let (id, organization, user, attempts, claim, maxAttempts, exhausted) = try row.decode(
+                (Int64, String, String, Int32, Int32, Int32, Bool).self
             )
             if exhausted {
                 failed += 1
@@ -256,7 +277,8 @@ public struct Queue: Sendable {
                 LeasedItem(
                     id: id,
                     pair: Pair(organizationId: organization, userId: user),
-                    attempt: attempt,
+                    attempt: attempts + 1,
+                    claim: claim,
                     maxAttempts: maxAttempts
                 )
             )
@@ -272,7 +294,7 @@ public struct Queue: Sendable {
     public func complete(_ completions: [Completion], owner: String) async throws -> WriteOutcome {
         guard !completions.isEmpty else { return WriteOutcome() }
         var ids: [Int64] = []
-        var attempts: [Int32] = []
+        var claims: [Int32] = []
         var customers: [String] = []
         var tiers: [String] = []
         var currencies: [String] = []
@@ -282,7 +304,7 @@ public struct Queue: Sendable {
         var hasCurrency: [Bool] = []
         for completion in completions {
             ids.append(completion.item.id)
-            attempts.append(completion.item.attempt)
+            claims.append(completion.item.claim)
             customers.append(completion.context.customerNumber ?? "")
             hasCustomer.append(completion.context.customerNumber != nil)
             tiers.append(completion.context.priceTier ?? "")
@@ -290,26 +312,24 @@ public struct Queue: Sendable {
             currencies.append(completion.context.currencyCode ?? "")
             hasCurrency.append(completion.context.currencyCode != nil)
         }
-        let rows = try await run("write back completions") {
-            try await database.client.query(
+        let rows = try await database.query(
+            "write back completions",
                 """
                 UPDATE \(unescaped: schema).queue_items AS item SET
-                    state = 'done',
+                    state = 'done', attempts = item.attempts + 1,
                     customer_number = CASE WHEN done.has_customer THEN done.customer END,
                     price_tier = CASE WHEN done.has_tier THEN done.tier END,
                     currency_code = CASE WHEN done.has_currency THEN done.currency END,
                     enriched_at = now(), last_error = NULL,
                     lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-                FROM unnest(\(ids)::bigint[], \(attempts)::integer[], \(customers)::text[], \(hasCustomer)::bool[],
+                FROM unnest(\(ids)::bigint[], \(claims)::integer[], \(customers)::text[], \(hasCustomer)::bool[],
                             \(tiers)::text[], \(hasTier)::bool[], \(currencies)::text[], \(hasCurrency)::bool[])
-                    AS done(id, attempt, customer, has_customer, tier, has_tier, currency, has_currency)
-                WHERE item.id = done.id AND item.attempts = done.attempt
+                    AS done(id, claim, customer, has_customer, tier, has_tier, currency, has_currency)
+                WHERE item.id = done.id AND item.claims = done.claim
                     AND item.state = 'running' AND item.lease_owner = \(owner)
                 RETURNING item.id
-                """,
-                logger: logger
-            ).collect()
-        }
+                """
+        )
         return try outcome(sent: ids, writtenRows: rows)
     }
 
@@ -318,31 +338,30 @@ public struct Queue: Sendable {
     public func fail(_ failures: [Failure], owner: String) async throws -> WriteOutcome {
         guard !failures.isEmpty else { return WriteOutcome() }
         let ids = failures.map(\.item.id)
-        let attempts = failures.map(\.item.attempt)
+        let claims = failures.map(\.item.claim)
         // PostgreSQL text cannot hold NUL; an API's error excerpt might.
         let reasons = failures.map { String($0.reason.replacingOccurrences(of: "\u{0}", with: "").prefix(2000)) }
         let permanent = failures.map { $0.retryAfter == nil }
         let delays = failures.map { $0.retryAfter?.intervalSeconds ?? 0 }
-        let rows = try await run("record failures") {
-            try await database.client.query(
+        let rows = try await database.query(
+            "record failures",
                 """
                 UPDATE \(unescaped: schema).queue_items AS item SET
-                    state = CASE WHEN failure.permanent OR item.attempts >= item.max_attempts
+                    state = CASE WHEN failure.permanent OR item.attempts + 1 >= item.max_attempts
                         THEN 'failed' ELSE 'pending' END,
-                    available_at = CASE WHEN failure.permanent OR item.attempts >= item.max_attempts
+                    attempts = item.attempts + 1,
+                    available_at = CASE WHEN failure.permanent OR item.attempts + 1 >= item.max_attempts
                         THEN item.available_at ELSE now() + make_interval(secs => failure.delay) END,
                     last_error = failure.reason,
                     lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-                FROM unnest(\(ids)::bigint[], \(attempts)::integer[], \(reasons)::text[], \(permanent)::bool[],
+                FROM unnest(\(ids)::bigint[], \(claims)::integer[], \(reasons)::text[], \(permanent)::bool[],
                             \(delays)::float8[])
-                    AS failure(id, attempt, reason, permanent, delay)
-                WHERE item.id = failure.id AND item.attempts = failure.attempt
+                    AS failure(id, claim, reason, permanent, delay)
+                WHERE item.id = failure.id AND item.claims = failure.claim
                     AND item.state = 'running' AND item.lease_owner = \(owner)
                 RETURNING item.id, item.state = 'failed'
-                """,
-                logger: logger
-            ).collect()
-        }
+                """
+        )
         var outcome = try outcome(sent: ids, writtenRows: rows)
         for row in rows where try row.decode((Int64, Bool).self).1 { outcome.failedPermanently += 1 }
         return outcome
@@ -359,30 +378,28 @@ public struct Queue: Sendable {
     {
         guard !items.isEmpty else { return WriteOutcome() }
         let ids = items.map(\.id)
-        let attempts = items.map(\.attempt)
-        let rows = try await run("release rows") {
-            try await database.client.query(
+        let claims = items.map(\.claim)
+        let rows = try await database.query(
+            "release rows",
                 """
                 UPDATE \(unescaped: schema).queue_items AS item SET
-                    state = 'pending', attempts = GREATEST(item.attempts - 1, 0),
+                    state = 'pending',
                     available_at = now() + make_interval(secs => \(delay.intervalSeconds)),
                     lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-                FROM unnest(\(ids)::bigint[], \(attempts)::integer[]) AS held(id, attempt)
-                WHERE item.id = held.id AND item.attempts = held.attempt
+                FROM unnest(\(ids)::bigint[], \(claims)::integer[]) AS held(id, claim)
+                WHERE item.id = held.id AND item.claims = held.claim
                     AND item.state = 'running' AND item.lease_owner = \(owner)
                 RETURNING item.id
-                """,
-                logger: logger
-            ).collect()
-        }
+                """
+        )
         return try outcome(sent: ids, writtenRows: rows)
     }
 
     /// Pushes the lease expiry of rows still held by `owner` to now + `lease`; returns how many were extended.
     @discardableResult
     public func extendLeases(owner: String, lease: Duration) async throws -> Int {
-        let rows = try await run("extend leases") {
-            try await database.client.query(
+        let rows = try await database.query(
+            "extend leases",
                 """
                 WITH held AS (
                     -- SKIP LOCKED: rows a concurrent write-back holds are being finished anyway, and locking
@@ -397,30 +414,26 @@ public struct Queue: Sendable {
                     RETURNING 1
                 )
                 SELECT count(*) FROM extended
-                """,
-                logger: logger
-            ).collect()
-        }
+                """
+        )
         return Int(try rows.first?.decode(Int64.self) ?? 0)
     }
 
     /// Puts every `failed` row back to `pending` with fresh attempts; returns how many.
     @discardableResult
     public func requeueFailed() async throws -> Int {
-        let rows = try await run("requeue failed rows") {
-            try await database.client.query(
+        let rows = try await database.query(
+            "requeue failed rows",
                 """
                 WITH requeued AS (
                     UPDATE \(unescaped: schema).queue_items SET
-                        state = 'pending', attempts = 0, available_at = now(), updated_at = now()
+                        state = 'pending', attempts = 0, takeovers = 0, available_at = now(), updated_at = now()
                     WHERE state = 'failed'
                     RETURNING 1
                 )
                 SELECT count(*) FROM requeued
-                """,
-                logger: logger
-            ).collect()
-        }
+                """
+        )
         return Int(try rows.first?.decode(Int64.self) ?? 0)
     }
 
@@ -428,44 +441,24 @@ public struct Queue: Sendable {
 
     /// Row counts by state from the trigger-maintained counters: constant time however long the queue.
     public func counts() async throws -> QueueCounts {
-        let rows = try await run("count rows") {
-            try await database.client.query(
-                "SELECT state, items FROM \(unescaped: schema).queue_summary",
-                logger: logger
-            ).collect()
-        }
+        let rows = try await database.query("count rows", "SELECT state, items FROM \(unescaped: schema).queue_summary")
         return try Self.counts(from: rows)
     }
 
     /// Row counts by a full scan of the queue table; slow on big queues, used to cross-check ``counts()``.
     public func exactCounts() async throws -> QueueCounts {
-        let rows = try await run("count rows") {
-            try await database.client.query(
-                "SELECT state, count(*) FROM \(unescaped: schema).queue_items GROUP BY state",
-                logger: logger
-            ).collect()
-        }
+        let rows = try await database.query("count rows", "SELECT state, count(*) FROM \(unescaped: schema).queue_items GROUP BY state")
         return try Self.counts(from: rows)
     }
 
     /// Folds the counters' appended deltas into one row per state (the worker calls this periodically).
     public func compactCounts() async throws {
-        try await run("compact counters") {
-            try await database.client.query(
-                "SELECT \(unescaped: schema).compact_queue_counts()",
-                logger: logger
-            )
-        }
+        try await database.query("compact counters", "SELECT \(unescaped: schema).compact_queue_counts()")
     }
 
     /// Pending rows that are available now (what a run still has to do).
     public func availableCount() async throws -> Int64 {
-        let rows = try await run("count available rows") {
-            try await database.client.query(
-                "SELECT count(*) FROM \(unescaped: schema).queue_items WHERE state = 'pending' AND available_at <= now()",
-                logger: logger
-            ).collect()
-        }
+        let rows = try await database.query("count available rows", "SELECT count(*) FROM \(unescaped: schema).queue_items WHERE state = 'pending' AND available_at <= now()")
         return try rows.first?.decode(Int64.self) ?? 0
     }
 
@@ -486,20 +479,12 @@ public struct Queue: Sendable {
         return WriteOutcome(written: written.count, staleIDs: ids.filter { !written.contains($0) })
     }
 
-    @discardableResult
-    private func run<T>(_ operation: String, _ body: () async throws -> T) async throws -> T {
-        do {
-            return try await body()
-        } catch {
-            throw rethrown(error, during: operation)
-        }
+    private func rethrown(_ error: any Error, during operation: String) -> any Error {
+        DatabaseError.wrap(error, during: operation)
     }
 
-    private func rethrown(_ error: any Error, during operation: String) -> any Error {
-        let error = unwrapTransactionError(error)
-        if error is DatabaseError || error is InputError || error is CancellationError { return error }
-        return DatabaseError.wrap(error, during: operation)
-    }
+    /// Statements of a bulk load (a `--from-sql` source over a big table) may take minutes.
+    static let bulkStatementTimeout: Duration = .seconds(1800)
 }
 
 extension Queue {
@@ -510,7 +495,8 @@ extension Queue {
     /// time and the next `running` row's lease expiry (a crashed worker's rows are reclaimed then). nil when
     /// no row is pending or running: the queue is settled. Both minimums come from partial indexes.
     public func nextWorkDelay() async throws -> Duration? {
-        let rows = try await database.client.query(
+        let rows = try await database.query(
+            "look for pending rows",
             """
             SELECT (CASE WHEN next IS NULL THEN NULL
                 ELSE GREATEST(0, EXTRACT(EPOCH FROM (next - now()))) END)::float8
@@ -518,9 +504,8 @@ extension Queue {
                 (SELECT min(available_at) FROM \(unescaped: schema).queue_items WHERE state = 'pending'),
                 (SELECT min(lease_expires_at) FROM \(unescaped: schema).queue_items WHERE state = 'running')
             ) AS next) AS soonest
-            """,
-            logger: logger
-        ).collect()
+            """
+        )
         guard let seconds = try rows.first?.decode(Double?.self) else { return nil }
         return .milliseconds(Int64((seconds * 1000).rounded(.up)))
     }

@@ -29,18 +29,22 @@ public struct CommerceContext: Hashable, Sendable {
     }
 }
 
-/// A row this worker holds a lease on. `attempt` is the fencing token: together with the lease owner it
+/// A row this worker holds a lease on. `claim` is the fencing token: together with the lease owner it
 /// identifies this particular claim, so a write from an older claim of the same row is refused.
 public struct LeasedItem: Hashable, Sendable {
     public var id: Int64
     public var pair: Pair
+    /// The number of the call this claim is for: calls whose outcome was written before it, plus one.
     public var attempt: Int32
+    /// The row's claim counter at this claim (the fence).
+    public var claim: Int32
     public var maxAttempts: Int32
 
-    public init(id: Int64, pair: Pair, attempt: Int32, maxAttempts: Int32) {
+    public init(id: Int64, pair: Pair, attempt: Int32, claim: Int32, maxAttempts: Int32) {
         self.id = id
         self.pair = pair
         self.attempt = attempt
+        self.claim = claim
         self.maxAttempts = maxAttempts
     }
 }

@@ -92,6 +92,9 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
         }
     }
 
+    /// Whether a Retry-After (or backoff) pause holds every call right now.
+    public func isPaused() -> Bool { pausedUntil.map { clock.now < $0 } ?? false }
+
     /// The current send rate (requests per second), nil when unlimited.
     public func currentRate() -> Double? { controller.currentRate(now: clock.now) }
 }

@@ -110,6 +110,7 @@ public actor SharedTokenStore<C: Clock>: TokenProvider where C.Duration == Durat
 
     private func loginPaced() async throws -> IssuedToken {
         var transientFailures = 0
+        var unreachableFailures = 0
         while true {
             let slot = pacer.nextSlot(now: clock.now)
             if slot > clock.now {
@@ -143,6 +144,13 @@ public actor SharedTokenStore<C: Clock>: TokenProvider where C.Duration == Durat
                 let wait = min(error.retryAfter ?? configuration.loginWindow, configuration.maximumRetryAfter)
                 logger.warning("login answered 429; waiting", metadata: ["wait": "\(wait)"])
                 try await clock.sleep(until: clock.now.advanced(by: max(wait, .seconds(1))), tolerance: nil)
+            } catch let error as NymbleAPIError where error.code == .unreachable {
+                // Nothing listens at the API's address: a few quick tries (a restart), then give up.
+                unreachableFailures += 1
+                if unreachableFailures >= configuration.maximumUnreachableLoginAttempts { throw error }
+                let wait = Duration.milliseconds(250) * unreachableFailures
+                logger.warning("login could not connect; retrying", metadata: ["error": "\(error)", "wait": "\(wait)"])
+                try await clock.sleep(until: clock.now.advanced(by: wait), tolerance: nil)
             } catch let error as NymbleAPIError where error.isTransient || error.code == .undecodable {
                 transientFailures += 1
                 if transientFailures >= configuration.maximumLoginAttempts { throw error }

@@ -35,6 +35,9 @@ public struct TokenStoreConfiguration: Sendable {
     public var loginWindow: Duration
     /// Login attempts on transient errors (5xx, timeouts) before giving up.
     public var maximumLoginAttempts: Int
+    /// Login attempts when no connection can be opened (refused, unknown host), a quarter second apart and
+    /// growing, before giving up.
+    public var maximumUnreachableLoginAttempts: Int
     /// Longest wait honoured from a login 429's Retry-After.
     public var maximumRetryAfter: Duration
 
@@ -43,8 +46,10 @@ public struct TokenStoreConfiguration: Sendable {
         loginsPerWindow: Int = 10,
         loginWindow: Duration = .seconds(60),
         maximumLoginAttempts: Int = 6,
+        maximumUnreachableLoginAttempts: Int = 3,
         maximumRetryAfter: Duration = .seconds(300)
     ) {
+        self.maximumUnreachableLoginAttempts = maximumUnreachableLoginAttempts
         self.refreshMargin = refreshMargin
         self.loginsPerWindow = loginsPerWindow
         self.loginWindow = loginWindow

@@ -14,7 +14,8 @@ struct Pipeline<C: Clock>: Sendable where C.Duration == Duration {
     let configuration: WorkerConfiguration
     let runID: Int64
     let owner: String
-    let total: Int64
+    let progress: RunProgress
+    let liveness: RunLiveness
     let queue: Queue
     let jobRuns: JobRuns
     let tokens: any TokenProvider
@@ -90,7 +91,7 @@ struct Pipeline<C: Clock>: Sendable where C.Duration == Duration {
             group.addTask {
                 // The grace timer: true when in-flight calls must be cancelled.
                 do {
-                    try await control.waitForInterrupt()
+                    try await control.waitForStop()
                     try await Task.sleep(for: configuration.shutdownGrace)
                     return true
                 } catch {
@@ -126,31 +127,75 @@ struct Pipeline<C: Clock>: Sendable where C.Duration == Duration {
         }
     }
 
+    /// Every heartbeat: proves the run alive (liveness lock, job runs row), takes over the rows of dead runs,
+    /// extends this run's leases, refreshes the progress total and the metrics, and watches for a stall.
     private func heartbeat() async {
         let compactionInterval = Duration.seconds(60)
         var sinceCompaction = Duration.zero
+        var stall = StallWatch(warnAfter: configuration.stallWarning, stopAfter: configuration.stallTimeout)
         while true {
             do {
                 try await Task.sleep(for: configuration.heartbeatInterval)
-                var counters = statistics.snapshot.counters
+                if try await database.run("renew the liveness lock", { try await liveness.renew() }) {
+                    logger.notice("took the run's liveness lock again (its database session had ended)")
+                }
+                let (jobRuns, queue, runID, owner, configuration) = (jobRuns, queue, runID, owner, configuration)
+                let abandoned = try await database.run("take over the rows of dead runs") {
+                    try await jobRuns.abandonDeadRuns(
+                        excluding: runID,
+                        staleAfter: configuration.effectiveStaleAfter,
+                        markedBy: owner,
+                        maxTakeovers: configuration.maxTakeovers
+                    )
+                }
+                WorkerLog.abandoned(abandoned, logger: logger)
+                if abandoned.rowsFreed > 0 { source.demand.fire() }
+                let counts = try await database.run("count rows") { try await queue.counts() }
+                let snapshot = statistics.snapshot
+                let total = progress.update(finished: snapshot.finished, remaining: counts.pending + counts.running)
+                let held = await source.held
+                let stalled = stall.observe(
+                    held: held,
+                    settled: snapshot.settled,
+                    answers: snapshot.calls,
+                    waiting: await throttle.isPaused() || database.isFailing,
+                    interval: configuration.heartbeatInterval
+                )
+                var counters = snapshot.counters
                 counters.logins = Int64(await tokens.loginCount())
-                let (jobRuns, queue, runID, owner, lease) = (jobRuns, queue, runID, owner, configuration.lease)
                 let alive = try await database.run("heartbeat") {
-                    try await jobRuns.heartbeat(id: runID, counters: counters)
+                    try await jobRuns.heartbeat(
+                        id: runID,
+                        counters: counters,
+                        totalItems: total,
+                        stalledFor: stalled.reported
+                    )
                 }
                 guard alive else {
                     throw WorkerError(
                         .abandoned,
-                        "another runner marked this run abandoned (its heartbeat had gone stale, e.g. during a "
-                            + "database outage longer than --stale-after); stopping so that two runs do not overlap"
+                        "another runner marked this run abandoned (its liveness lock or heartbeat was gone, e.g. "
+                            + "during a database outage longer than the stale limit); stopping so that two runs "
+                            + "do not hold the same rows"
                     )
                 }
-                _ = try await database.run("extend leases") { try await queue.extendLeases(owner: owner, lease: lease) }
-                await statistics.metrics.refresh(
-                    queue: queue,
-                    logins: Int(counters.logins),
-                    rate: await throttle.currentRate()
-                )
+                if stalled.warn {
+                    logger.error(
+                        "no row completed while holding rows, with the database and the API answering: looks stuck",
+                        metadata: ["held": "\(held)", "for": "\(stalled.reported ?? .zero)"]
+                    )
+                }
+                if stalled.stop {
+                    throw WorkerError(
+                        .stalled,
+                        "no row completed for \(configuration.stallTimeout) while holding \(held) rows, "
+                            + "with the database and the API answering; stopping so that the rows go to another run"
+                    )
+                }
+                _ = try await database.run("extend leases") {
+                    try await queue.extendLeases(owner: owner, lease: configuration.lease)
+                }
+                await statistics.metrics.refresh(counts: counts, logins: Int(counters.logins), rate: await throttle.currentRate())
                 sinceCompaction += configuration.heartbeatInterval
                 if sinceCompaction >= compactionInterval {
                     sinceCompaction = .zero
@@ -211,7 +256,7 @@ struct Pipeline<C: Clock>: Sendable where C.Duration == Duration {
                 WorkerProgress(
                     runID: runID,
                     statistics: snapshot,
-                    totalItems: total,
+                    totalItems: progress.total(finished: finished),
                     elapsed: started.duration(to: now),
                     itemsPerSecond: seconds > 0 ? Double(finished - last.finished) / seconds : 0,
                     sendRate: await throttle.currentRate(),
@@ -228,5 +273,49 @@ struct Pipeline<C: Clock>: Sendable where C.Duration == Duration {
         }
         control.fail(error)
         await source.stop()
+    }
+}
+
+/// The stall watchdog's state: a run that holds rows but settles none, gets no API answer, and is not
+/// waiting for a pause or an outage, makes no progress. Pure: the heartbeat feeds it.
+struct StallWatch {
+    let warnAfter: Duration
+    /// Zero: never stop.
+    let stopAfter: Duration
+    private var last: (settled: Int64, answers: Int64)?
+    private var stalled: Duration = .zero
+    private var warned = false
+
+    init(warnAfter: Duration, stopAfter: Duration) {
+        self.warnAfter = warnAfter
+        self.stopAfter = stopAfter
+    }
+
+    struct Verdict: Equatable {
+        /// How long the run has been stalled, once that is long enough to show (nil otherwise).
+        var reported: Duration?
+        /// Log it now (once per stall).
+        var warn = false
+        /// Stop the run.
+        var stop = false
+    }
+
+    mutating func observe(held: Int, settled: Int64, answers: Int64, waiting: Bool, interval: Duration) -> Verdict {
+        defer { last = (settled, answers) }
+        let idle = last.map { $0.settled == settled && $0.answers == answers } ?? false
+        guard held > 0, idle, !waiting else {
+            stalled = .zero
+            warned = false
+            return Verdict()
+        }
+        stalled += interval
+        guard stalled >= warnAfter else { return Verdict() }
+        var verdict = Verdict(reported: stalled)
+        if !warned {
+            warned = true
+            verdict.warn = true
+        }
+        verdict.stop = stopAfter > .zero && stalled >= stopAfter
+        return verdict
     }
 }

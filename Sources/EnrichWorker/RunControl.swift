@@ -1,33 +1,73 @@
 import Synchronization
 
-/// How a run is ending, shared by its tasks: the first fatal error, and whether a shutdown was requested.
+/// How a run is ending, shared by its tasks: the first fatal error, whether a stop was requested, and the
+/// absolute deadline by which the stopping run must be gone.
 final class RunControl: Sendable {
     private struct State {
         var fatal: (any Error)?
         var interrupted = false
+        var stopDeadline: ContinuousClock.Instant?
+        var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
+        var nextWaiter: UInt64 = 0
     }
 
     private let state = Mutex(State())
-    private let interruption = WakeSignal()
+    /// In-flight calls may finish within this after a stop begins.
+    let grace: Duration
+    /// What the end of a stop may take beyond the grace: the last writes and the run's record.
+    static let stopMargin: Duration = .seconds(5)
 
-    /// Records the first fatal error (later ones are consequences of it).
+    init(grace: Duration) { self.grace = grace }
+
+    /// Records the first fatal error (later ones are consequences of it) and begins the stop.
     func fail(_ error: any Error) {
-        state.withLock { if $0.fatal == nil { $0.fatal = error } }
+        let waiters = state.withLock {
+            if $0.fatal == nil { $0.fatal = error }
+            return Self.beginStop(&$0, grace: grace)
+        }
+        for waiter in waiters { waiter.resume() }
     }
 
+    /// A stop was requested (SIGINT/SIGTERM, the run's own end of work is not one).
     func interrupt() {
-        state.withLock { $0.interrupted = true }
-        interruption.fire()
+        let waiters = state.withLock {
+            $0.interrupted = true
+            return Self.beginStop(&$0, grace: grace)
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// Sets the stop deadline (the first stop's) and hands back the waiters to resume.
+    private static func beginStop(_ state: inout State, grace: Duration) -> [CheckedContinuation<Void, Never>] {
+        if state.stopDeadline == nil { state.stopDeadline = .now + grace + stopMargin }
+        defer { state.waiters = [:] }
+        return Array(state.waiters.values)
     }
 
     var fatalError: (any Error)? { state.withLock { $0.fatal } }
     var isInterrupted: Bool { state.withLock { $0.interrupted } }
+    /// Set once the run is stopping: by then it must have ended, whatever is stuck.
+    var stopDeadline: ContinuousClock.Instant? { state.withLock { $0.stopDeadline } }
 
-    /// Returns once ``interrupt()`` was called; throws `CancellationError` if cancelled first.
-    func waitForInterrupt() async throws {
-        while !isInterrupted {
-            try Task.checkCancellation()
-            await interruption.wait(timeout: .seconds(3600))
+    /// Returns once the run began stopping (``interrupt()`` or ``fail(_:)``); throws `CancellationError`
+    /// if cancelled first.
+    func waitForStop() async throws {
+        let id = state.withLock { state in
+            state.nextWaiter += 1
+            return state.nextWaiter
         }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let resumeNow = state.withLock { state -> Bool in
+                    if state.stopDeadline != nil || Task.isCancelled { return true }
+                    state.waiters[id] = continuation
+                    return false
+                }
+                if resumeNow { continuation.resume() }
+            }
+        } onCancel: {
+            state.withLock { $0.waiters.removeValue(forKey: id) }?.resume()
+        }
+        try Task.checkCancellation()
     }
 }

@@ -29,7 +29,7 @@ public final class RunMetrics: Sendable {
     private let loginsReported = Mutex(0)
 
     static let callOutcomes = [
-        "ok", "bad_request", "unauthorized", "rate_limited", "server_error", "transport", "undecodable",
+        "ok", "bad_request", "unauthorized", "rate_limited", "server_error", "transport", "unreachable", "undecodable",
         "unexpected_status", "invalid_credentials",
     ]
 
@@ -55,7 +55,7 @@ public final class RunMetrics: Sendable {
         errors = counters(
             "enrich_item_errors_total",
             "reason",
-            ["bad_request", "server_error", "transport", "undecodable", "unexpected_status", "unauthorized"]
+            ["bad_request", "server_error", "transport", "unreachable", "undecodable", "unexpected_status", "unauthorized"]
         )
         calls = counters("enrich_api_calls_total", "outcome", Self.callOutcomes)
         throttled = Counter(label: "enrich_api_throttled_total", factory: factory)
@@ -103,9 +103,9 @@ public final class RunMetrics: Sendable {
 
     /// Refreshes the gauges (and the login counter) when metrics are on: rows per queue state (a query, best
     /// effort: a gauge is not worth failing the run for), logins so far and the throttle's rate.
-    func refresh(queue: Queue, logins: Int, rate: @autoclosure () async -> Double?) async {
+    func refresh(counts: QueueCounts?, logins: Int, rate: @autoclosure () async -> Double?) async {
         guard isEnabled else { return }
-        if let counts = try? await queue.counts() {
+        if let counts {
             for (state, gauge) in queueItems { gauge.record(counts[state]) }
         }
         recordLoginTotal(logins)

@@ -17,6 +17,12 @@ public final class RunStatistics: Sendable {
         public var stale: Int64 = 0
 
         public init() {}
+
+        /// Rows this run finished for good: done, or failed permanently.
+        public var finished: Int64 { counters.succeeded + counters.failed }
+
+        /// Rows whose outcome reached the queue, in any way: the measure of progress.
+        public var settled: Int64 { counters.succeeded + counters.failed + counters.retried + released + stale }
     }
 
     private let state = Mutex(Snapshot())
@@ -39,4 +45,27 @@ public final class RunStatistics: Sendable {
     }
 
     public var snapshot: Snapshot { state.withLock { $0 } }
+}
+
+/// The denominator of a run's progress: the rows it finished plus the rows still to do in the queue
+/// (pending or running), measured at every heartbeat. Rows that arrive, are taken over or re-queued
+/// mid-run move it, so progress stays true and never passes 100%.
+final class RunProgress: Sendable {
+    private let state: Mutex<(total: Int64, finishedAtMeasure: Int64)>
+
+    init(initialTotal: Int64) { state = Mutex((initialTotal, 0)) }
+
+    /// Records a fresh measure and returns the new total.
+    func update(finished: Int64, remaining: Int64) -> Int64 {
+        state.withLock {
+            $0 = (finished + remaining, finished)
+            return $0.total
+        }
+    }
+
+    /// The total to show when `finished` rows are done: rows finished since the last measure came out of
+    /// the remaining ones, so the total never falls below what is finished.
+    func total(finished: Int64) -> Int64 {
+        state.withLock { max($0.total, finished) }
+    }
 }

@@ -39,6 +39,17 @@ public struct WorkerProgress: Sendable {
     }
 }
 
+/// A stopping run that was still not gone at its stop deadline (see ``Worker/init(configuration:database:client:tokens:logger:metrics:onProgress:onStopDeadline:)``).
+public struct StuckStop: Sendable {
+    public var runID: Int64
+    /// The state recorded for the run: `interrupted` (a signal) or `failed` (a fatal error).
+    public var state: RunState
+    /// Rows the run still held; they are taken over by the next run.
+    public var heldRows: Int
+    /// What happened, for the log and the job runs row.
+    public var message: String
+}
+
 /// How a run ended.
 public struct RunReport: Sendable {
     public var runID: Int64
@@ -62,6 +73,7 @@ public struct RunReport: Sendable {
 /// and the run is recorded `interrupted`.
 public struct Worker: Service {
     public let configuration: WorkerConfiguration
+    private let database: Database
     private let queue: Queue
     private let jobRuns: JobRuns
     private let client: NymbleClient
@@ -70,6 +82,11 @@ public struct Worker: Service {
     private let onProgress: (@Sendable (WorkerProgress) -> Void)?
     private let metrics: RunMetrics
 
+    private let onStopDeadline: (@Sendable (StuckStop) -> Void)?
+
+    /// - Parameter onStopDeadline: called when a stopping run is still not gone at its stop deadline
+    ///   (shutdown grace + a few seconds), after the run's end was recorded; the command line exits the
+    ///   process there, leaving the rows still held to be taken over by the next run.
     public init(
         configuration: WorkerConfiguration,
         database: Database,
@@ -77,10 +94,13 @@ public struct Worker: Service {
         tokens: any TokenProvider,
         logger: Logger,
         metrics: RunMetrics = RunMetrics(),
-        onProgress: (@Sendable (WorkerProgress) -> Void)? = nil
+        onProgress: (@Sendable (WorkerProgress) -> Void)? = nil,
+        onStopDeadline: (@Sendable (StuckStop) -> Void)? = nil
     ) {
+        self.onStopDeadline = onStopDeadline
         self.metrics = metrics
         self.configuration = configuration
+        self.database = database
         self.queue = Queue(database: database)
         self.jobRuns = JobRuns(database: database)
         self.client = client
@@ -98,13 +118,28 @@ public struct Worker: Service {
     /// database); failures after the start are in the report and in the job runs table.
     public func execute() async throws -> RunReport {
         try configuration.validate()
+        let runner = "\(ProcessInfo.processInfo.hostName):\(ProcessInfo.processInfo.processIdentifier)"
+        // Dead runs first: the rows they held go back to pending, to be counted and taken by this run.
+        let abandoned = try await jobRuns.abandonDeadRuns(
+            staleAfter: configuration.effectiveStaleAfter,
+            markedBy: runner,
+            maxTakeovers: configuration.maxTakeovers
+        )
+        WorkerLog.abandoned(abandoned, logger: logger)
         let total = try await queue.availableCount()
-        let runID = try await jobRuns.start(
+        let start = JobRuns.Start(
             jobName: configuration.jobName,
             trigger: configuration.trigger,
             totalItems: total,
             settingsJSON: settingsJSON
         )
+        return try await RunLiveness.withRun(database: database, start: start) { liveness in
+            await run(liveness: liveness, total: total)
+        }
+    }
+
+    private func run(liveness: RunLiveness, total: Int64) async -> RunReport {
+        let runID = liveness.runID
         RunLogContext.setProcessRun(runID)
         var logger = self.logger
         logger[metadataKey: "run_id"] = "\(runID)"
@@ -122,10 +157,11 @@ public struct Worker: Service {
         let clock = ContinuousClock()
         let started = clock.now
         let statistics = RunStatistics(metrics: metrics)
-        let control = RunControl()
-        let database = DatabaseGuard(limit: configuration.databaseOutageLimit, logger: logger)
+        let control = RunControl(grace: configuration.shutdownGrace)
+        let database = DatabaseGuard(limit: configuration.databaseOutageLimit, database: self.database, logger: logger)
         let source = ItemSource(
             queue: queue,
+            jobRuns: jobRuns,
             owner: owner,
             runID: runID,
             configuration: configuration,
@@ -162,7 +198,8 @@ public struct Worker: Service {
             configuration: configuration,
             runID: runID,
             owner: owner,
-            total: total,
+            progress: RunProgress(initialTotal: total),
+            liveness: liveness,
             queue: queue,
             jobRuns: jobRuns,
             tokens: tokens,
@@ -176,16 +213,43 @@ public struct Worker: Service {
             logger: logger,
             onProgress: onProgress
         )
-        await RunLogContext.$runID.withValue(runID) { await pipeline.run() }
+        let runLogger = logger
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await RunLogContext.$runID.withValue(runID) { await pipeline.run() } }
+            group.addTask {
+                await watchStopDeadline(
+                    runID: runID,
+                    control: control,
+                    database: database,
+                    statistics: statistics,
+                    source: source,
+                    logger: runLogger
+                )
+            }
+            await group.next()
+            group.cancelAll()
+        }
 
         if Task.isCancelled { control.interrupt() }
         let logins = await tokens.loginCount()
-        await metrics.refresh(queue: queue, logins: logins, rate: await throttle.currentRate())
         var counters = statistics.snapshot.counters
         counters.logins = Int64(logins)
         let fatal = control.fatalError
         let state: RunState = fatal != nil ? .failed : control.isInterrupted ? .interrupted : .succeeded
-        await recordEnd(runID: runID, state: state, counters: counters, lastError: fatal.map { "\($0)" }, logger)
+        // A stopping run records its end within its stop deadline; a finished one retries a short blip.
+        let recordBy = control.stopDeadline.map { $0 - .milliseconds(500) }
+        await Database.$deadline.withValue(recordBy) {
+            let counts = try? await queue.counts()
+            await metrics.refresh(counts: counts, logins: logins, rate: await throttle.currentRate())
+            await recordEnd(
+                runID: runID,
+                state: state,
+                counters: counters,
+                lastError: fatal.map { "\($0)" },
+                until: recordBy,
+                logger
+            )
+        }
         let report = RunReport(
             runID: runID,
             state: state,
@@ -205,13 +269,49 @@ public struct Worker: Service {
         return report
     }
 
-    /// Records the final state, retrying a short blip; a run that cannot be recorded stays `running` until a
-    /// later run finds its heartbeat stale.
+    /// The last resort against a stop that does not end: once the run begins stopping, its statements are
+    /// bounded by the stop deadline (shutdown grace + ``RunControl/stopMargin``); if the run is still not
+    /// gone then, its end is recorded (best effort, 2 s) and ``onStopDeadline`` is called.
+    private func watchStopDeadline(
+        runID: Int64,
+        control: RunControl,
+        database: DatabaseGuard,
+        statistics: RunStatistics,
+        source: ItemSource,
+        logger: Logger
+    ) async {
+        do {
+            try await control.waitForStop()
+            guard let deadline = control.stopDeadline else { return }
+            database.limit(to: deadline - .milliseconds(1500))
+            try await Task.sleep(until: deadline, clock: .continuous)
+        } catch {
+            return  // the run ended in time
+        }
+        let held = await source.held
+        let state: RunState = control.fatalError != nil ? .failed : .interrupted
+        var message =
+            "the run did not end within the shutdown grace (\(configuration.shutdownGrace)) + "
+            + "\(RunControl.stopMargin): stopped with \(held) rows still held (the next run takes them over)"
+        if let fatal = control.fatalError { message += "; it was stopping because: \(fatal)" }
+        logger.critical("\(message)")
+        var counters = statistics.snapshot.counters
+        counters.logins = Int64(await tokens.loginCount())
+        let jobRuns = self.jobRuns
+        await Database.$deadline.withValue(.now + .seconds(2)) {
+            try? await jobRuns.finish(id: runID, state: state, counters: counters, lastError: message)
+        }
+        onStopDeadline?(StuckStop(runID: runID, state: state, heldRows: held, message: message))
+    }
+
+    /// Records the final state, retrying a short blip (until `until`, when the run is stopping); a run that
+    /// cannot be recorded stays `running` until a later run finds it dead and marks it abandoned.
     private func recordEnd(
         runID: Int64,
         state: RunState,
         counters: RunCounters,
         lastError: String?,
+        until: ContinuousClock.Instant?,
         _ logger: Logger
     ) async {
         for attempt in 1...3 {
@@ -219,14 +319,15 @@ public struct Worker: Service {
                 try await jobRuns.finish(id: runID, state: state, counters: counters, lastError: lastError)
                 return
             } catch {
-                if attempt == 3 {
+                let retryAt = ContinuousClock.now + .seconds(attempt)
+                if attempt == 3 || until.map({ retryAt >= $0 }) == true {
                     logger.error(
                         "could not record the end of the run; a later run will mark it abandoned",
                         metadata: ["error": "\(error)"]
                     )
-                } else {
-                    try? await Task.sleep(for: .seconds(attempt))
+                    return
                 }
+                try? await Task.sleep(until: retryAt, clock: .continuous)
             }
         }
     }

@@ -16,10 +16,13 @@ public struct WorkerConfiguration: Sendable {
     public var rateLimit: Double? = nil
     /// Attempts per row before it is marked failed; nil keeps each row's own (set at enqueue, default 5).
     public var maxAttempts: Int32? = nil
-    /// Rows claimed per database round trip; nil: twice the concurrency, at least 500 (each claim walks the
+    /// The most rows one claim leases; nil: twice the concurrency, at least 500 (each claim walks the
     /// pending index past the entries earlier claims left dead: big batches cut the database CPU per row by
-    /// half, measured).
+    /// half, measured). The run holds about one second of work (at least the concurrency) up to this.
     public var claimBatch: Int? = nil
+    /// Takeovers a row may have (taken back from a worker that stopped while holding it) before it is
+    /// failed: a row that keeps stopping its workers must end somewhere.
+    public var maxTakeovers: Int32 = Queue.defaultMaxTakeovers
     /// How long a claimed row stays leased without a heartbeat; a crashed worker's rows are reclaimed after it.
     public var lease: Duration = .seconds(120)
     /// Interval of the job runs heartbeat, which also extends the leases this run holds.
@@ -30,6 +33,11 @@ public struct WorkerConfiguration: Sendable {
     public var shutdownGrace: Duration = .seconds(30)
     /// How long the database may stay unreachable before the run stops and is marked failed.
     public var databaseOutageLimit: Duration = .seconds(60)
+    /// A run without a liveness lock (an older enrich) whose heartbeat is older than this is dead.
+    public var staleAfter: Duration = .seconds(60)
+    /// A run that holds rows but completes none for this long, while the database and the API answer, is
+    /// stuck: it stops as failed (logged and shown by `status --check` well before); zero: never stop.
+    public var stallTimeout: Duration = .seconds(180)
     /// Backoff (full jitter) before a row is retried after a 5xx, timeout or dropped connection.
     public var retryBackoff: Backoff = Backoff(base: .seconds(1), cap: .seconds(60))
     /// 429s one call may absorb in place (waiting out the shared pause) before its row is released for later.
@@ -50,8 +58,12 @@ public struct WorkerConfiguration: Sendable {
     /// The claim batch in effect.
     public var effectiveClaimBatch: Int { claimBatch ?? max(2 * concurrency, 500) }
 
-    /// Refill the claimed buffer when it falls below this many rows.
-    var lowWatermark: Int { min(max(concurrency, effectiveClaimBatch / 2), effectiveClaimBatch) }
+    /// When a run without a liveness lock counts as dead: never sooner than a live run may spend riding out
+    /// a database outage without heartbeats.
+    public var effectiveStaleAfter: Duration { max(staleAfter, databaseOutageLimit + heartbeatInterval * 2) }
+
+    /// How long without progress before a stall is logged and shown as stuck (long before it stops the run).
+    var stallWarning: Duration { max(.seconds(30), heartbeatInterval * 3) }
 
     /// Throws when a value is out of range, naming the setting.
     public func validate() throws(WorkerError) {
@@ -72,6 +84,9 @@ public struct WorkerConfiguration: Sendable {
         try check(shutdownGrace >= .zero, "shutdown-grace", "must not be negative")
         try check(databaseOutageLimit >= .zero, "db-outage-limit", "must not be negative")
         try check(writeBatch >= 1, "write-batch", "must be at least 1")
+        try check(maxTakeovers >= 1, "max-takeovers", "must be at least 1")
+        try check(staleAfter > .zero, "stale-after", "must be positive")
+        try check(stallTimeout >= .zero, "stall-timeout", "must not be negative")
         try check(jobName.count >= 1 && jobName.count <= 200, "job-name", "must be 1 to 200 characters")
     }
 }

@@ -3,7 +3,7 @@ import NymbleAPI
 /// Why a run stopped early, or could not start. Descriptions never contain a secret or a token.
 public struct WorkerError: Error, CustomStringConvertible, Sendable {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
-        private enum Base: String { case invalidSetting, login, databaseUnavailable, abandoned }
+        private enum Base: String { case invalidSetting, login, databaseUnavailable, abandoned, stalled }
         private let base: Base
         private init(_ base: Base) { self.base = base }
         /// A configuration value is out of range.
@@ -15,6 +15,9 @@ public struct WorkerError: Error, CustomStringConvertible, Sendable {
         /// Another runner found this run's heartbeat stale and marked it abandoned: it stops, so that two runs
         /// of a job never overlap.
         public static let abandoned = Code(.abandoned)
+        /// The run held rows but completed none for the stall timeout while the database and the API
+        /// answered: something inside it is stuck; it stops so that its rows go to another run.
+        public static let stalled = Code(.stalled)
         public var description: String { base.rawValue }
     }
 
@@ -39,11 +42,18 @@ public struct WorkerError: Error, CustomStringConvertible, Sendable {
         return WorkerError(.login, "could not log in to the API: \(error)")
     }
 
-    static func databaseUnavailable(for outage: Duration, lastError: any Error) -> WorkerError {
-        let seconds = Int(outage.components.seconds)
-        return WorkerError(
+    static func databaseUnavailable(server: String, for outage: Duration, limit: Duration, cause: String)
+        -> WorkerError
+    {
+        WorkerError(
             .databaseUnavailable,
-            "the database was unreachable for \(seconds) s (limit reached); last error: \(lastError)"
+            "PostgreSQL at \(server) has been unreachable for \(outage.wholeSeconds) s (outage limit "
+                + "\(limit.wholeSeconds) s): \(cause)"
         )
     }
+}
+
+extension Duration {
+    /// Whole seconds, rounded, for messages.
+    var wholeSeconds: Int64 { Int64((Double(components.seconds) + Double(components.attoseconds) / 1e18).rounded()) }
 }

@@ -6,8 +6,8 @@ public struct NymbleAPIError: Error, CustomStringConvertible, Sendable {
     /// What went wrong. Compare with the static members.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private enum Base: String, Hashable, Sendable {
-            case invalidCredentials, unauthorized, badRequest, rateLimited, serverError, transport, undecodable,
-                unexpectedStatus
+            case invalidCredentials, unauthorized, badRequest, rateLimited, serverError, transport, unreachable,
+                undecodable, unexpectedStatus
         }
         private let base: Base
         private init(_ base: Base) { self.base = base }
@@ -22,8 +22,11 @@ public struct NymbleAPIError: Error, CustomStringConvertible, Sendable {
         public static let rateLimited = Code(.rateLimited)
         /// 5xx: transient on the server side.
         public static let serverError = Code(.serverError)
-        /// Connect or read timeout, connection refused or reset: transient.
+        /// Connect or read timeout, connection reset: transient.
         public static let transport = Code(.transport)
+        /// No connection could be opened at all (refused, unknown host, unreachable network): the request
+        /// never left. Transient, but a login that meets it gives up after a few quick tries.
+        public static let unreachable = Code(.unreachable)
         /// A 200 whose body is not the documented JSON.
         public static let undecodable = Code(.undecodable)
         /// Any other status code.
@@ -51,7 +54,7 @@ public struct NymbleAPIError: Error, CustomStringConvertible, Sendable {
     }
 
     /// Worth retrying the same request later (5xx, timeouts, dropped connections).
-    public var isTransient: Bool { code == .serverError || code == .transport }
+    public var isTransient: Bool { code == .serverError || code == .transport || code == .unreachable }
 
     public var description: String {
         var text = "Nymble \(endpoint)"

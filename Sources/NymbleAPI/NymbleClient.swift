@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOHTTP1
+import NIOPosix
 import NIOSSL
 
 /// How the client talks to the API.
@@ -40,6 +41,10 @@ public struct NymbleClientConfiguration: Sendable {
 public struct NymbleClient: Sendable {
     public let configuration: NymbleClientConfiguration
     private let http: HTTPClient
+    /// Logins go through a client of their own that does not retry a failed connect: a refused connection
+    /// (nothing listens at the API's address) fails the login at once instead of after the connect timeout,
+    /// so a wrong port or a stopped API is reported in a second.
+    private let loginHTTP: HTTPClient
     private let logger: Logger
     private let loginURL: String
     private let accessURL: String
@@ -59,8 +64,15 @@ public struct NymbleClient: Sendable {
         )
         http.decompression = .disabled
         http.redirectConfiguration = .disallow
+        var login = http
+        login.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 1)
+        login.connectionPool.retryConnectionEstablishment = false
         return try await HTTPClient.withHTTPClient(configuration: http) { httpClient in
-            try await body(NymbleClient(configuration: configuration, http: httpClient, logger: logger))
+            try await HTTPClient.withHTTPClient(configuration: login) { loginClient in
+                try await body(
+                    NymbleClient(configuration: configuration, http: httpClient, loginHTTP: loginClient, logger: logger)
+                )
+            }
         }
     }
 
@@ -68,9 +80,10 @@ public struct NymbleClient: Sendable {
     /// metadata on each change (about 4% of the CPU per call, profiled): its trace lines are not worth that.
     private static let requestLogger = Logger(label: "nymble.http", factory: { _ in SwiftLogNoOpLogHandler() })
 
-    init(configuration: NymbleClientConfiguration, http: HTTPClient, logger: Logger) {
+    init(configuration: NymbleClientConfiguration, http: HTTPClient, loginHTTP: HTTPClient, logger: Logger) {
         self.configuration = configuration
         self.http = http
+        self.loginHTTP = loginHTTP
         self.logger = logger
         let base =
             configuration.baseURL.hasSuffix("/") ? String(configuration.baseURL.dropLast()) : configuration.baseURL
@@ -86,7 +99,13 @@ public struct NymbleClient: Sendable {
         let body =
             "{\"OrgCode\":\(JSONText.quoted(credentials.orgCode)),\"ClientId\":\(JSONText.quoted(credentials.clientId)),"
             + "\"ClientSecret\":\(JSONText.quoted(credentials.clientSecret))}"
-        let (status, headers, bytes) = try await post(url: loginURL, endpoint: "login", body: body, bearer: nil)
+        let (status, headers, bytes) = try await post(
+            url: loginURL,
+            endpoint: "login",
+            body: body,
+            bearer: nil,
+            on: loginHTTP
+        )
         switch status {
         case 200:
             struct Answer: Decodable {
@@ -133,7 +152,13 @@ public struct NymbleClient: Sendable {
         -> AccessAnswer
     {
         let body = "{\"OrganizationId\":\(JSONText.quoted(organizationId)),\"UserId\":\(JSONText.quoted(userId))}"
-        let (status, headers, bytes) = try await post(url: accessURL, endpoint: "access", body: body, bearer: token)
+        let (status, headers, bytes) = try await post(
+            url: accessURL,
+            endpoint: "access",
+            body: body,
+            bearer: token,
+            on: http
+        )
         switch status {
         case 200:
             do {
@@ -209,7 +234,8 @@ public struct NymbleClient: Sendable {
         url: String,
         endpoint: String,
         body: String,
-        bearer: AccessToken?
+        bearer: AccessToken?,
+        on http: HTTPClient
     ) async throws(NymbleAPIError)
         -> (Int, HTTPHeaders, Data)
     {
@@ -235,7 +261,39 @@ public struct NymbleClient: Sendable {
                 detail: "the answer is larger than \(configuration.maximumResponseBytes) bytes"
             )
         } catch {
+            if let reason = Self.unreachable(error) {
+                throw NymbleAPIError(.unreachable, endpoint: endpoint, detail: "cannot connect to \(hostAndPort): \(reason)")
+            }
             throw NymbleAPIError(.transport, endpoint: endpoint, detail: Self.describeTransport(error))
+        }
+    }
+
+    /// `host:port` of the API, for messages.
+    private var hostAndPort: String {
+        guard let url = URLComponents(string: configuration.baseURL), let host = url.host else {
+            return configuration.baseURL
+        }
+        let port = url.port ?? (url.scheme == "http" ? 80 : 443)
+        return "\(host):\(port)"
+    }
+
+    /// Why a connection could not be opened at all, when that is what failed: refused, unknown host,
+    /// unreachable network. nil for anything that may have reached the API.
+    static func unreachable(_ error: any Error) -> String? {
+        switch error {
+        case let connection as NIOConnectionError:
+            if connection.dnsAError != nil || connection.dnsAAAAError != nil { return "host not found" }
+            return connection.connectionErrors.lazy.compactMap { unreachable($0.error) }.first
+                ?? (connection.connectionErrors.isEmpty ? nil : "could not connect")
+        case let io as IOError:
+            switch io.errnoCode {
+            case ECONNREFUSED: return "connection refused"
+            case EHOSTUNREACH: return "host unreachable"
+            case ENETUNREACH: return "network unreachable"
+            default: return nil
+            }
+        default:
+            return nil
         }
     }
 

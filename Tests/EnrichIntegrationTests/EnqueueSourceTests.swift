@@ -82,7 +82,7 @@ struct EnqueueSourceTests {
         "--from-sql with wrong columns, bad ids or invalid SQL is rejected and nothing is inserted",
         arguments: [
             ("SELECT 'o', 'u', 'extra'", "3 columns"),
-            ("SELECT 'o' UNION ALL SELECT 'p'", "1 columns"),
+            ("SELECT 'o' UNION ALL SELECT 'p'", "returns 1 column;"),
             ("SELECT x, y FROM (VALUES ('o1', 'u1'), ('o2', ' ')) AS v(x, y)", "row 2: UserId is empty"),
             ("SELECT x, y FROM (VALUES ('o1', 'u1'), (NULL, 'u2')) AS v(x, y)", "row 2: OrganizationId is null"),
             ("SELEKT nonsense", "syntax error"),

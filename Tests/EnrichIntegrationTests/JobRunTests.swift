@@ -144,16 +144,23 @@ struct JobRunTests {
             killed.signal(SIGKILL)
             _ = try await killed.wait()
 
+            let killedRun = try #require(try await JobRuns(database: database).recent(limit: 1).first)
+            try await TestDatabase.waitUntilServerUp(for: JobRuns.restartGrace)
             let next = try EnrichProcess.start(arguments, environment: environment)
             let jobRuns = JobRuns(database: database)
             let deadline = ContinuousClock.now + .seconds(30)
-            while try await jobRuns.recent(limit: 2, jobName: "nightly", state: .running).count < 2 {
+            while try await jobRuns.recent(limit: 1, jobName: "nightly", state: .running).first?.id ?? 0 <= killedRun.id {
                 guard next.process.isRunning, ContinuousClock.now < deadline else {
                     Issue.record("the next run did not start: \(next.standardError)")
                     return
                 }
                 try await Task.sleep(for: .milliseconds(10))
             }
+            // The killed run's liveness lock died with it: the next run marked it abandoned at its start.
+            let dead = try #require(try await jobRuns.run(id: killedRun.id))
+            #expect(dead.state == .abandoned)
+            #expect(dead.lastError?.contains("its process is gone") == true, "\(dead.lastError ?? "")")
+            #expect(dead.counters.succeeded >= 50, "its counters come from the rows it wrote: \(dead.counters)")
             // Its heartbeat is fresh, so nobody could call it dead; do it by hand, as a runner would have.
             let current = try #require(try await jobRuns.recent(limit: 1, jobName: "nightly", state: .running).first)
             try await database.client.query(
@@ -193,7 +200,7 @@ struct JobRunTests {
             )
             let exit = try await child.wait()
             #expect(exit == 0, "\(child.standardError)")
-            #expect(child.standardError.contains("marked a dead run of this job abandoned"))
+            #expect(child.standardError.contains("marked a dead run abandoned"))
         }
         let runs = try await JobRuns(database: database).recent(limit: 2, jobName: "nightly")
         #expect(runs.map(\.state) == [.succeeded, .abandoned])

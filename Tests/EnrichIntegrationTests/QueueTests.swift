@@ -74,7 +74,8 @@ struct QueueTests {
         try await Task.sleep(for: .milliseconds(20))
         let reclaimed = try await queue.claim(owner: "rescuer", limit: 10, lease: .seconds(60))
         #expect(reclaimed.map(\.id) == stale.map(\.id))
-        #expect(reclaimed.allSatisfy { $0.attempt == 2 })
+        // A takeover is a new claim (the fence moves on) but not an attempt: no call's outcome was written.
+        #expect(reclaimed.allSatisfy { $0.attempt == 1 && $0.claim == 2 })
 
         let context = CommerceContext(customerNumber: "STALE", priceTier: "STALE", currencyCode: "XXX")
         let staleWrite = try await queue.complete(
@@ -85,14 +86,17 @@ struct QueueTests {
         #expect(Set(staleWrite.staleIDs) == Set(stale.map(\.id)))
         let staleFail = try await queue.fail(stale.map { Failure.permanent($0, reason: "stale") }, owner: "crashed")
         #expect(staleFail.written == 0)
-        // Same owner name but the old attempt number is fenced as well.
-        let oldAttempt = try await queue.complete(
+        // Same owner name but the old claim number is fenced as well.
+        let oldClaim = try await queue.complete(
             stale.map {
-                Completion(item: LeasedItem(id: $0.id, pair: $0.pair, attempt: 1, maxAttempts: 5), context: context)
+                Completion(
+                    item: LeasedItem(id: $0.id, pair: $0.pair, attempt: 1, claim: 1, maxAttempts: 5),
+                    context: context
+                )
             },
             owner: "rescuer"
         )
-        #expect(oldAttempt.written == 0)
+        #expect(oldClaim.written == 0)
 
         let good = CommerceContext(customerNumber: "C1", priceTier: nil, currencyCode: "EUR")
         let fresh = try await queue.complete(reclaimed.map { Completion(item: $0, context: good) }, owner: "rescuer")
@@ -101,15 +105,47 @@ struct QueueTests {
         #expect(rows.values.allSatisfy { $0 == good })
     }
 
-    @Test("a reclaimed row that already used its last attempt is failed instead of handed out again")
-    func exhaustedExpiredLeaseFails() async throws {
-        let queue = Queue(database: try TestDatabase.require())
+    @Test("a row taken over more than max-takeovers times is failed instead of handed out again, saying why")
+    func rowTakenOverTooOftenFails() async throws {
+        let database = try TestDatabase.require()
+        let queue = Queue(database: database)
         _ = try await enqueue(queue, Self.pairs(3), maxAttempts: 1)
         _ = try await queue.claim(owner: "crashed", limit: 3, lease: .milliseconds(1))
         try await Task.sleep(for: .milliseconds(20))
-        let next = try await queue.claimCounting(owner: "next", limit: 3, lease: .seconds(60))
+        let first = try await queue.claimCounting(owner: "second", limit: 3, lease: .milliseconds(1), maxTakeovers: 1)
+        #expect(first.items.count == 3 && first.failed == 0, "the first takeover is allowed")
+        try await Task.sleep(for: .milliseconds(20))
+        let next = try await queue.claimCounting(owner: "third", limit: 3, lease: .seconds(60), maxTakeovers: 1)
         #expect(next.items.isEmpty && next.failed == 3, "the claim says how many it failed")
         #expect(try await queue.exactCounts() == QueueCounts(failed: 3))
+        let rows = try await database.client.query(
+            """
+            SELECT attempts, takeovers, last_error
+            FROM \(unescaped: "\"\(database.configuration.schema)\"").queue_items
+            """
+        ).collect().map { try $0.decode((Int32, Int32, String).self) }
+        for (attempts, takeovers, reason) in rows {
+            #expect(attempts == 0, "no call's outcome was ever written: no attempt spent")
+            #expect(takeovers == 2)
+            #expect(reason.contains("taken over from a stopped worker 2 times"))
+        }
+    }
+
+    @Test("a crash loop spends no attempt: rows taken over five times keep all their attempts and still complete")
+    func crashLoopSpendsNoAttempt() async throws {
+        let queue = Queue(database: try TestDatabase.require())
+        _ = try await enqueue(queue, Self.pairs(4), maxAttempts: 1)
+        for cycle in 1...5 {
+            let held = try await queue.claim(owner: "worker-\(cycle)", limit: 4, lease: .milliseconds(1))
+            #expect(held.count == 4 && held.allSatisfy { $0.attempt == 1 }, "cycle \(cycle)")
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let last = try await queue.claim(owner: "survivor", limit: 4, lease: .seconds(60))
+        #expect(last.count == 4 && last.allSatisfy { $0.attempt == 1 && $0.claim == 6 })
+        let context = CommerceContext(customerNumber: "C", priceTier: nil, currencyCode: nil)
+        let written = try await queue.complete(last.map { Completion(item: $0, context: context) }, owner: "survivor")
+        #expect(written.written == 4)
+        #expect(try await queue.exactCounts() == QueueCounts(done: 4))
     }
 
     @Test("completion writes the context back, keeping API nulls distinct from not-enriched rows")

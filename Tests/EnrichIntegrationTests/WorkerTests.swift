@@ -96,17 +96,20 @@ struct WorkerTests {
         }
     }
 
-    @Test("rows a dead worker held past their last attempt are failed by the next run and counted in it")
-    func reclaimedExhaustedRowsAreCounted() async throws {
+    @Test("rows taken over more than --max-takeovers times are failed by the next run and counted in it")
+    func rowsTakenOverTooOftenAreCounted() async throws {
         let database = try TestDatabase.require()
         try await WorkerHarness.enqueue(WorkerHarness.pairs(10), into: database, maxAttempts: 1)
-        _ = try await Queue(database: database).claim(owner: "crashed", limit: 4, lease: .milliseconds(1))
+        let queue = Queue(database: database)
+        _ = try await queue.claim(owner: "crashed", limit: 4, lease: .milliseconds(1))
+        try await Task.sleep(for: .milliseconds(20))
+        _ = try await queue.claim(owner: "crashed again", limit: 4, lease: .milliseconds(1))
         try await Task.sleep(for: .milliseconds(20))
         try await withSimulatorClient { _, client in
             let report = try await WorkerHarness.run(
                 database,
                 client: client,
-                configuration: WorkerHarness.configuration()
+                configuration: WorkerHarness.configuration { $0.maxTakeovers = 1 }
             )
             #expect(report.state == .succeeded)
             #expect(report.statistics.counters.succeeded == 6 && report.statistics.counters.failed == 4)

@@ -60,6 +60,13 @@ struct PairCSVReaderTests {
     @Test("a missing file is named in the error")
     func missingFile() {
         let error = #expect(throws: InputError.self) { try PairCSVReader(path: "/nonexistent/pairs.csv") }
-        #expect(error?.description == "/nonexistent/pairs.csv: cannot open the file for reading")
+        #expect(error?.description == "/nonexistent/pairs.csv: no such file")
+    }
+
+    @Test("a directory given as the CSV is named as one, in plain words")
+    func directory() {
+        let path = FileManager.default.temporaryDirectory.path
+        let error = #expect(throws: InputError.self) { try PairCSVReader(path: path) }
+        #expect(error?.description == "\(path): is a directory, not a CSV file")
     }
 }

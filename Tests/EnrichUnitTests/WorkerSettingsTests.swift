@@ -125,18 +125,40 @@ struct OutageBudgetTests {
     @Test("failures are retried until they have lasted the limit; a success ends the outage")
     func budget() {
         var budget = OutageBudget<Instant>(limit: .seconds(60))
-        #expect(budget.recordFailure(now: at(0)) == nil)
-        #expect(budget.recordFailure(now: at(59)) == nil)
+        #expect(budget.recordFailure(startedAt: at(0), now: at(0)) == nil)
+        #expect(budget.recordFailure(startedAt: at(58), now: at(59)) == nil)
         budget.recordSuccess()
         #expect(budget.failingSince == nil)
-        #expect(budget.recordFailure(now: at(100)) == nil)
-        #expect(budget.recordFailure(now: at(160)) == .seconds(60))
+        #expect(budget.recordFailure(startedAt: at(100), now: at(100)) == nil)
+        #expect(budget.recordFailure(startedAt: at(150), now: at(160)) == .seconds(60))
+    }
+
+    @Test("the outage counts from the start of the first statement that got no answer, not from its failure")
+    func outageStartsWhenTheStatementStarted() {
+        var budget = OutageBudget<Instant>(limit: .seconds(10))
+        // A statement started at 0 waits for a connection the pool cannot open: its deadline is the end of
+        // the budget, and when it fails there the limit is reached at once.
+        #expect(budget.deadline(forStatementAt: at(0), minimum: .seconds(1)) == at(10))
+        #expect(budget.recordFailure(startedAt: at(0), now: at(10)) == .seconds(10))
+    }
+
+    @Test("a statement started during an outage gets what is left of the budget, but at least the minimum")
+    func deadlines() {
+        var budget = OutageBudget<Instant>(limit: .seconds(10))
+        #expect(budget.recordFailure(startedAt: at(2), now: at(3)) == nil)
+        #expect(budget.failingSince == at(2))
+        #expect(budget.deadline(forStatementAt: at(4), minimum: .seconds(1)) == at(12))
+        #expect(budget.deadline(forStatementAt: at(11.5), minimum: .seconds(1)) == at(12.5))
+        // A failure of a statement that started earlier moves the outage's start back.
+        #expect(budget.recordFailure(startedAt: at(1), now: at(5)) == nil)
+        #expect(budget.failingSince == at(1))
+        #expect(budget.recordFailure(startedAt: at(6), now: at(11)) == .seconds(10))
     }
 
     @Test("a zero limit gives up on the first failure")
     func zeroLimit() {
         var budget = OutageBudget<Instant>(limit: .zero)
-        #expect(budget.recordFailure(now: at(5)) == .zero)
+        #expect(budget.recordFailure(startedAt: at(5), now: at(5)) == .zero)
     }
 }
 

@@ -66,6 +66,19 @@ enum TestDatabase {
         )
     }
 
+    /// Waits until the server has been up for `uptime`: a run's missing liveness lock counts as a death only
+    /// then (``JobRuns/restartGrace``), and the throwaway cluster may have started moments ago.
+    static func waitUntilServerUp(for uptime: Duration) async throws {
+        let database = try require()
+        let rows = try await database.client.query(
+            "SELECT EXTRACT(EPOCH FROM now() - pg_postmaster_start_time())::float8",
+            logger: logger
+        ).collect()
+        let seconds = try rows.first?.decode(Double.self) ?? 0
+        let missing = uptime - .seconds(seconds)
+        if missing > .zero { try await Task.sleep(for: missing + .milliseconds(200)) }
+    }
+
     /// The database of the running test (set by ``FreshSchemaTrait``).
     static func require(sourceLocation: SourceLocation = #_sourceLocation) throws -> Database {
         try #require(current, "the test must be marked .freshSchema", sourceLocation: sourceLocation)

@@ -1,0 +1,268 @@
+import Foundation
+import Logging
+import NIOCore
+import PostgresNIO
+import Synchronization
+
+/// A connection lent for one unit of work, on which every statement ends: with its answer, with an error,
+/// or with the connection closed at the statement's deadline.
+///
+/// Why not `PostgresClient.query` or `PostgresConnection.query` directly: PostgresNIO hands a statement
+/// to the connection's channel from the caller's thread without a write promise. When the server closes
+/// the connection (`pg_ctl restart`), the channel removes its handlers one event-loop tick before the pool
+/// hears of the close; a statement written in between is dropped by the bare channel and its answer promise
+/// is never completed, so the caller waits forever (a run hung that way after a restart: one write-back
+/// statement never answered). Here a statement is handed over *on the connection's event loop*, after
+/// checking there that the channel is still active, so the handler always owns its promise and fails it
+/// when the connection closes; a timer on the same event loop closes the connection when no answer comes
+/// by the deadline, and task cancellation closes it too.
+public struct DatabaseSession: Sendable {
+    let connection: PostgresConnection
+    let logger: Logger
+    /// Statements without a timeout of their own must end by then (a pooled session's deadline); nil: each
+    /// gets ``statementTimeout``.
+    let deadline: ContinuousClock.Instant?
+    /// The timeout of each statement when the session has no deadline.
+    let statementTimeout: Duration
+    /// Where the statements go, for messages (never the password).
+    let serverDescription: String
+    /// What the session does, for messages.
+    let operation: String
+
+    /// Runs `query` and returns all its rows; throws ``DatabaseError`` (`timedOut`) when the server gives no
+    /// answer by the session's deadline (or within `timeout`).
+    @discardableResult
+    public func query(_ query: PostgresQuery, timeout: Duration? = nil) async throws -> [PostgresRow] {
+        let connection = self.connection
+        let logger = self.logger
+        let now = ContinuousClock.now
+        var remaining = timeout ?? deadline.map { now.duration(to: $0) } ?? statementTimeout
+        if let inherited = Database.deadline { remaining = min(remaining, now.duration(to: inherited)) }
+        guard remaining > .zero else { throw timedOut(after: nil) }
+        let expired = ExpiryFlag()
+        let answer = connection.eventLoop.flatSubmit { () -> EventLoopFuture<PostgresQueryResult> in
+            guard !connection.isClosed else {
+                return connection.eventLoop.makeFailedFuture(
+                    DatabaseError(.cannotConnect, "lost the database connection before the statement was sent")
+                )
+            }
+            let result: EventLoopFuture<PostgresQueryResult> = connection.query(query, logger: logger)
+            let timer = connection.eventLoop.scheduleTask(in: .nanoseconds(remaining.nanoseconds)) {
+                expired.set()
+                connection.closeSoon()
+            }
+            result.whenComplete { _ in timer.cancel() }
+            return result
+        }
+        do {
+            return try await withTaskCancellationHandler {
+                try await answer.get().rows
+            } onCancel: {
+                connection.closeSoon()
+            }
+        } catch {
+            if expired.isSet { throw timedOut(after: remaining) }
+            throw DatabaseError.wrap(error, during: operation)
+        }
+    }
+
+    private func timedOut(after limit: Duration?) -> DatabaseError {
+        let seconds = limit.map { " within \($0.intervalSeconds.formatted(.number.precision(.fractionLength(0...1)))) s" } ?? ""
+        return DatabaseError(.timedOut, "\(operation): PostgreSQL at \(serverDescription) gave no answer\(seconds)")
+    }
+}
+
+/// Which ended first in ``Database/withSession(_:timeout:_:)``: the session or its deadline.
+private enum SessionRace<T: Sendable>: Sendable {
+    case finished(T)
+    case deadline
+    case cancelled
+}
+
+extension PostgresConnection {
+    /// Starts closing the connection without waiting: its pending statements fail at once.
+    fileprivate func closeSoon() {
+        let _: EventLoopFuture<Void> = close()
+    }
+}
+
+/// Set once by a statement's timer, read after the statement ended.
+private final class ExpiryFlag: Sendable {
+    private let flag = Atomic<Bool>(false)
+    func set() { flag.store(true, ordering: .relaxed) }
+    var isSet: Bool { flag.load(ordering: .relaxed) }
+}
+
+extension Database {
+    /// The latest instant by which statements started in this task must end; set by a caller that has a
+    /// budget of its own (the worker's database outage limit). Sessions end at the earlier of it and their
+    /// own timeout.
+    @TaskLocal public static var deadline: ContinuousClock.Instant?
+
+    /// When a session started now must end: `timeout` (default ``DatabaseConfiguration/statementTimeout``),
+    /// or the task's ``deadline`` if that comes first.
+    func sessionDeadline(timeout: Duration?) -> ContinuousClock.Instant {
+        let own = ContinuousClock.now + (timeout ?? configuration.statementTimeout)
+        guard let inherited = Database.deadline else { return own }
+        return min(own, inherited)
+    }
+
+    /// Leases a pooled connection and runs `body` with it. The whole session (waiting for a connection
+    /// included: the pool keeps a request waiting while it cannot connect) ends by its deadline: then the
+    /// lease is given up or the statement's connection closed, and ``DatabaseError`` (`timedOut`) is thrown.
+    /// PostgresNIO errors come out as ``DatabaseError`` naming `operation`.
+    public func withSession<T: Sendable>(
+        _ operation: String,
+        timeout: Duration? = nil,
+        _ body: @escaping @Sendable (DatabaseSession) async throws -> T
+    ) async throws -> T {
+        let start = ContinuousClock.now
+        let deadline = sessionDeadline(timeout: timeout)
+        let (client, logger, server) = (self.client, self.logger, configuration.description)
+        let timeout = timeout ?? configuration.statementTimeout
+        do {
+            return try await withThrowingTaskGroup(of: SessionRace<T>.self) { group in
+                group.addTask {
+                    .finished(
+                        try await client.withConnection { connection in
+                            try await body(
+                                DatabaseSession(
+                                    connection: connection,
+                                    logger: logger,
+                                    deadline: deadline,
+                                    statementTimeout: timeout,
+                                    serverDescription: server,
+                                    operation: operation
+                                )
+                            )
+                        }
+                    )
+                }
+                group.addTask {
+                    do {
+                        try await Task.sleep(until: deadline)
+                        return .deadline
+                    } catch {
+                        return .cancelled
+                    }
+                }
+                defer { group.cancelAll() }
+                switch try await group.next() {
+                case .finished(let value): return value
+                case .deadline:
+                    let seconds = start.duration(to: deadline).intervalSeconds
+                    throw DatabaseError(
+                        .timedOut,
+                        "\(operation): PostgreSQL at \(server) gave no answer within \(Int(seconds.rounded())) s"
+                    )
+                case .cancelled, nil: throw CancellationError()
+                }
+            }
+        } catch {
+            throw DatabaseError.wrapDriverError(error, during: operation)
+        }
+    }
+
+    /// One statement on a pooled connection (see ``withSession(_:timeout:_:)``).
+    @discardableResult
+    public func query(_ operation: String, _ query: PostgresQuery, timeout: Duration? = nil) async throws
+        -> [PostgresRow]
+    {
+        try await withSession(operation, timeout: timeout) { try await $0.query(query) }
+    }
+
+    /// Runs `body` in a transaction on a pooled connection: committed when it returns, rolled back when it
+    /// throws (a connection whose rollback fails is closed, never handed back mid-transaction).
+    public func transaction<T: Sendable>(
+        _ operation: String,
+        timeout: Duration? = nil,
+        _ body: @escaping @Sendable (DatabaseSession) async throws -> T
+    ) async throws -> T {
+        try await withSession(operation, timeout: timeout) { session in try await session.transaction(body) }
+    }
+
+    /// Opens a connection of its own (not pooled) for `body` and closes it afterwards: for work that must
+    /// run in the caller's task (a streamed input read as it is sent) and for long sessions. Connecting is
+    /// bounded by the connect timeout, and each statement by `statementTimeout` (default
+    /// ``DatabaseConfiguration/statementTimeout``) or a timeout of its own.
+    public func withDirectSession<T>(
+        _ operation: String,
+        statementTimeout: Duration? = nil,
+        _ body: (DatabaseSession) async throws -> T
+    ) async throws -> T {
+        let session = try await openDirectSession(operation, statementTimeout: statementTimeout)
+        do {
+            let result = try await body(session)
+            await session.close()
+            return result
+        } catch {
+            await session.close()
+            throw DatabaseError.wrapDriverError(error, during: operation)
+        }
+    }
+
+    /// A direct session the caller must ``DatabaseSession/close()`` (for a connection held across scopes,
+    /// such as a run's liveness lock).
+    func openDirectSession(_ operation: String, statementTimeout: Duration? = nil) async throws -> DatabaseSession {
+        let connection: PostgresConnection
+        do {
+            connection = try await PostgresConnection.connect(
+                configuration: try configuration.connectionConfiguration(),
+                id: 0,
+                logger: logger
+            )
+        } catch {
+            throw cannotConnect(error)
+        }
+        return DatabaseSession(
+            connection: connection,
+            logger: logger,
+            deadline: nil,
+            statementTimeout: statementTimeout ?? configuration.statementTimeout,
+            serverDescription: configuration.description,
+            operation: operation
+        )
+    }
+}
+
+extension DatabaseSession {
+    /// Closes the connection and waits until it is closed.
+    func close() async {
+        try? await connection.close()
+    }
+
+    /// Starts closing the connection without waiting.
+    func closeSoon() {
+        connection.closeSoon()
+    }
+
+    /// `body` between BEGIN and COMMIT; ROLLBACK when it throws (the connection is closed if that fails,
+    /// so that it never goes back to the pool inside a transaction).
+    public func transaction<T>(_ body: (DatabaseSession) async throws -> T) async throws -> T {
+        try await query("BEGIN")
+        let result: T
+        do {
+            result = try await body(self)
+        } catch {
+            do {
+                try await query("ROLLBACK")
+            } catch {
+                connection.closeSoon()
+            }
+            throw error
+        }
+        try await query("COMMIT")
+        return result
+    }
+}
+
+extension Duration {
+    /// The duration in whole nanoseconds (saturating), for NIO's `TimeAmount`.
+    var nanoseconds: Int64 {
+        let (seconds, attoseconds) = components
+        let (product, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        if overflow { return seconds < 0 ? .min : .max }
+        return product.addingReportingOverflow(attoseconds / 1_000_000_000).overflow ? .max
+            : product + attoseconds / 1_000_000_000
+    }
+}
