@@ -177,7 +177,9 @@ struct RunInvocation {
                 // The last resort: whatever is stuck, the process ends; the rows it holds go to the next run.
                 progress?.finish()
                 printError("enrich: error: run \(stuck.runID) \(stuck.message)")
-                let code = stuck.state == .failed ? EnrichExitCode.failure
+                let code =
+                    stuck.state == .failed
+                    ? EnrichExitCode.failure
                     : follow ? EnrichExitCode.success : EnrichExitCode.interrupted
                 exit(code)
             }

@@ -1,9 +1,9 @@
 import ArgumentParser
-import Foundation
 import EnrichQueue
 import EnrichThrottle
 import EnrichToken
 import EnrichWorker
+import Foundation
 import NymbleAPI
 
 /// The flags of `enrich run`; each one also reads the environment variable named in its help.

@@ -69,16 +69,19 @@ struct StatusCommand: AsyncParsableCommand {
         let logger = try database.makeLogger()
         let configuration = try database.configuration(environment)
         let job = self.job
-        let (latest, now) = try await Database.withDatabase(configuration, logger: logger) { db in
+        let (latest, now, dead) = try await Database.withDatabase(configuration, logger: logger) { db in
             let jobRuns = JobRuns(database: db)
-            return (try await jobRuns.recent(limit: 1, jobName: job).first, try await jobRuns.now())
+            let latest = try await jobRuns.recent(limit: 1, jobName: job).first
+            let dead = try await jobRuns.deadRuns(among: latest.map { [$0.id] } ?? [])
+            return (latest, try await jobRuns.now(), dead)
         }
         let health = RunHealth.judge(
             job: job,
             latest: latest,
             now: now,
             maxAge: maxAge,
-            staleAfter: stale
+            staleAfter: stale,
+            isDead: latest.map { dead.contains($0.id) } ?? false
         )
         print(health.line)
         return health.isProblem ? EnrichExitCode.checkFailed : EnrichExitCode.success
@@ -87,12 +90,15 @@ struct StatusCommand: AsyncParsableCommand {
     private func show() async throws -> Int32 {
         let logger = try database.makeLogger()
         let configuration = try database.configuration()
-        let (counts, runs) = try await Database.withDatabase(configuration, logger: logger) { db in
+        let (counts, runs, dead) = try await Database.withDatabase(configuration, logger: logger) { db in
             let queue = Queue(database: db)
+            let jobRuns = JobRuns(database: db)
             try await queue.compactCounts()
-            return (try await queue.counts(), try await JobRuns(database: db).recent(limit: limit, jobName: job))
+            let runs = try await jobRuns.recent(limit: limit, jobName: job)
+            let running = runs.filter { $0.state == .running }.map(\.id)
+            return (try await queue.counts(), runs, try await jobRuns.deadRuns(among: running))
         }
-        let report = StatusReport(schema: configuration.schema, queue: counts, runs: runs)
+        let report = StatusReport(schema: configuration.schema, queue: counts, runs: runs, dead: dead)
         if json {
             print(String(decoding: try JSONEncoder.sorted.encode(report), as: UTF8.self))
         } else {

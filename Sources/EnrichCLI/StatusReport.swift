@@ -18,9 +18,13 @@ public struct StatusReport: Codable, Sendable {
         public var etaSeconds: Double?
         /// Seconds since the last heartbeat.
         public var heartbeatAgeSeconds: Double
+        /// A `running` run whose process is gone (its liveness lock was released): the next run marks it
+        /// abandoned.
+        public var isDead: Bool
 
-        public init(run: JobRun, now: Date = .now) {
+        public init(run: JobRun, isDead: Bool = false, now: Date = .now) {
             self.run = run
+            self.isDead = isDead
             processed = run.counters.succeeded + run.counters.failed
             let end = run.finishedAt ?? max(run.heartbeatAt, now)
             let elapsed = end.timeIntervalSince(run.startedAt)
@@ -32,10 +36,10 @@ public struct StatusReport: Codable, Sendable {
         }
     }
 
-    public init(schema: String, queue: QueueCounts, runs: [JobRun], now: Date = .now) {
+    public init(schema: String, queue: QueueCounts, runs: [JobRun], dead: Set<Int64> = [], now: Date = .now) {
         self.schema = schema
         self.queue = queue
-        self.runs = runs.map { RunSummary(run: $0, now: now) }
+        self.runs = runs.map { RunSummary(run: $0, isDead: dead.contains($0.id), now: now) }
     }
 
     /// The human-readable rendering: a counts line and a table of runs.
@@ -63,7 +67,11 @@ public struct StatusReport: Codable, Sendable {
             let progress =
                 run.totalItems.map { "\(summary.processed)/\($0)" } ?? "\(summary.processed)"
             var state = run.state.rawValue
-            if run.state == .running && summary.heartbeatAgeSeconds > 60 {
+            if summary.isDead {
+                state += " (dead: process gone)"
+            } else if let stalledSince = run.stalledSince {
+                state += " (stuck \(Self.duration(max(0, Date.now.timeIntervalSince(stalledSince)))))"
+            } else if run.state == .running && summary.heartbeatAgeSeconds > 60 {
                 state += " (no heartbeat \(Self.duration(summary.heartbeatAgeSeconds)))"
             }
             table.append([

@@ -15,8 +15,9 @@ public struct RunHealth: Sendable, Equatable {
     /// Judges the latest run of a job at `now`.
     ///
     /// A problem: no run at all, a run that failed, was interrupted or abandoned, a `running` row whose
-    /// heartbeat is older than `staleAfter` (stuck: its process is gone), or a last run that started longer
-    /// than `maxAge` ago (the schedule did not fire, or a run still going after that long is hung). `now` is
+    /// process is gone (`isDead`: its liveness lock was released) or whose heartbeat is older than
+    /// `staleAfter`, a running run that holds rows but completes none (stalled), or a last run that started
+    /// longer than `maxAge` ago (the schedule did not fire, or a run still going after that long is hung). `now` is
     /// the database's clock, which wrote the timestamps. A live run and a succeeded one are fine (rows
     /// that failed permanently are counted in the line, not a problem of the job).
     public static func judge(
@@ -24,7 +25,8 @@ public struct RunHealth: Sendable, Equatable {
         latest: JobRun?,
         now: Date,
         maxAge: Duration?,
-        staleAfter: Duration
+        staleAfter: Duration,
+        isDead: Bool = false
     ) -> RunHealth {
         let subject = job.map { "job \($0)" } ?? "enrich"
         guard let run = latest else {
@@ -36,6 +38,20 @@ public struct RunHealth: Sendable, Equatable {
         func problem(_ text: String) -> RunHealth { RunHealth(isProblem: true, line: "CRITICAL: \(name) \(text)") }
         switch run.state {
         case .running:
+            if isDead {
+                return problem(
+                    "is dead: its process is gone (host \(run.host), pid \(run.pid)), last heartbeat "
+                        + "\(DurationText.format(now.timeIntervalSince(run.heartbeatAt))) ago; the next run marks it "
+                        + "abandoned and takes over its rows"
+                )
+            }
+            if let stalledSince = run.stalledSince {
+                return problem(
+                    "is stuck: it holds rows but has completed none for "
+                        + "\(DurationText.format(now.timeIntervalSince(stalledSince))) while the database and the API "
+                        + "answer (host \(run.host), pid \(run.pid)); it stops itself at its stall timeout"
+                )
+            }
             let silent = now.timeIntervalSince(run.heartbeatAt)
             if silent > seconds(staleAfter) {
                 return problem(

@@ -72,8 +72,9 @@ public struct DatabaseError: Error, CustomStringConvertible, Sendable {
     /// caller's code inside a session, passes unchanged.
     static func wrapDriverError(_ error: any Error, during operation: String) -> any Error {
         let error = unwrapTransactionError(error)
-        guard error is PSQLError || error is PostgresDecodingError || error is NIOConnectionError
-            || error is IOError || error is ChannelError
+        guard
+            error is PSQLError || error is PostgresDecodingError || error is NIOConnectionError
+                || error is IOError || error is ChannelError
         else { return error }
         return wrapped(error, during: operation)
     }

@@ -67,7 +67,8 @@ public struct DatabaseSession: Sendable {
     }
 
     private func timedOut(after limit: Duration?) -> DatabaseError {
-        let seconds = limit.map { " within \($0.intervalSeconds.formatted(.number.precision(.fractionLength(0...1)))) s" } ?? ""
+        let seconds =
+            limit.map { " within \($0.intervalSeconds.formatted(.number.precision(.fractionLength(0...1)))) s" } ?? ""
         return DatabaseError(.timedOut, "\(operation): PostgreSQL at \(serverDescription) gave no answer\(seconds)")
     }
 }
@@ -165,7 +166,11 @@ extension Database {
 
     /// One statement on a pooled connection (see ``withSession(_:timeout:_:)``).
     @discardableResult
-    public func query(_ operation: String, _ query: PostgresQuery, timeout: Duration? = nil) async throws
+    public func query(
+        _ operation: String,
+        _ query: PostgresQuery,
+        timeout: Duration? = nil
+    ) async throws
         -> [PostgresRow]
     {
         try await withSession(operation, timeout: timeout) { try await $0.query(query) }
@@ -262,7 +267,8 @@ extension Duration {
         let (seconds, attoseconds) = components
         let (product, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
         if overflow { return seconds < 0 ? .min : .max }
-        return product.addingReportingOverflow(attoseconds / 1_000_000_000).overflow ? .max
+        return product.addingReportingOverflow(attoseconds / 1_000_000_000).overflow
+            ? .max
             : product + attoseconds / 1_000_000_000
     }
 }

@@ -223,6 +223,8 @@ public struct JobRuns: Sendable {
                 """
                 UPDATE \(unescaped: schema).job_runs SET state = \(state.rawValue), finished_at = now(),
                     heartbeat_at = now(), stalled_since = NULL,
+                    total_items = CASE WHEN \(state.rawValue) = 'succeeded' THEN \(counters.succeeded + counters.failed)
+                        ELSE GREATEST(total_items, \(counters.succeeded + counters.failed)) END,
                     claimed = \(counters.claimed), succeeded = \(counters.succeeded), failed = \(counters.failed),
                     retried = \(counters.retried), throttled = \(counters.throttled), logins = \(counters.logins),
                     last_error = \(lastError.map { String($0.prefix(2000)) })
@@ -247,10 +249,12 @@ public struct JobRuns: Sendable {
     }
 
     /// The SQL condition "run `r` is dead": its liveness lock is gone (and the server has been up long
-    /// enough for live runs to have taken theirs again), or, for a run without one, its heartbeat is older
-    /// than `staleAfter`.
-    private func deadCondition(staleAfter: Duration) -> String {
+    /// enough for live runs to have taken theirs again), or its heartbeat is older than `staleAfter` (nil:
+    /// the lock alone decides).
+    private func deadCondition(staleAfter: Duration?) -> String {
         let key = Self.livenessClass(schema: database.configuration.schema)
+        let stale =
+            staleAfter.map { "r.heartbeat_at < now() - make_interval(secs => \($0.intervalSeconds))" } ?? "false"
         return """
             ((r.liveness AND pg_postmaster_start_time() < now() - make_interval(secs => \(Self.restartGrace.intervalSeconds))
                 AND NOT EXISTS (
@@ -258,7 +262,7 @@ public struct JobRuns: Sendable {
                     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
                         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
                         AND l.classid = (\(key))::oid AND l.objid = (r.id & 2147483647)::integer::oid))
-             OR r.heartbeat_at < now() - make_interval(secs => \(staleAfter.intervalSeconds)))
+             OR \(stale))
             """
     }
 
@@ -349,10 +353,11 @@ public struct JobRuns: Sendable {
         }
     }
 
-    /// Of the given `running` runs, those whose process is dead (read only; status shows them as such).
-    public func deadRuns(among ids: [Int64], staleAfter: Duration) async throws -> Set<Int64> {
+    /// Of the given `running` runs, those whose process is gone: their liveness lock was released (read
+    /// only; status shows them as such; a stale heartbeat is judged by the caller).
+    public func deadRuns(among ids: [Int64]) async throws -> Set<Int64> {
         guard !ids.isEmpty else { return [] }
-        let dead = deadCondition(staleAfter: staleAfter)
+        let dead = deadCondition(staleAfter: nil)
         return try await run("check run liveness") {
             let rows = try await database.query(
                 "check run liveness",

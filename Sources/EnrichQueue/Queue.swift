@@ -26,28 +26,28 @@ public struct Queue: Sendable {
         do {
             return try await database.withDirectSession("enqueue") { session in
                 try await session.transaction { session in
-                var summary = EnqueueSummary()
-                while let chunk = try nextChunk() {
-                    summary.read += chunk.count
-                    var seen = Set<Pair>()
-                    var organizations: [String] = []
-                    var users: [String] = []
-                    organizations.reserveCapacity(chunk.count)
-                    users.reserveCapacity(chunk.count)
-                    for pair in chunk where seen.insert(pair).inserted {
-                        organizations.append(pair.organizationId)
-                        users.append(pair.userId)
+                    var summary = EnqueueSummary()
+                    while let chunk = try nextChunk() {
+                        summary.read += chunk.count
+                        var seen = Set<Pair>()
+                        var organizations: [String] = []
+                        var users: [String] = []
+                        organizations.reserveCapacity(chunk.count)
+                        users.reserveCapacity(chunk.count)
+                        for pair in chunk where seen.insert(pair).inserted {
+                            organizations.append(pair.organizationId)
+                            users.append(pair.userId)
+                        }
+                        let (inserted, requeued) = try await insert(
+                            source: "SELECT o, u FROM unnest(\(organizations)::text[], \(users)::text[]) AS p(o, u)",
+                            maxAttempts: maxAttempts,
+                            on: session
+                        )
+                        summary.inserted += inserted
+                        summary.requeued += requeued
                     }
-                    let (inserted, requeued) = try await insert(
-                        source: "SELECT o, u FROM unnest(\(organizations)::text[], \(users)::text[]) AS p(o, u)",
-                        maxAttempts: maxAttempts,
-                        on: session
-                    )
-                    summary.inserted += inserted
-                    summary.requeued += requeued
-                }
-                summary.alreadyQueued = summary.read - summary.inserted - summary.requeued
-                return summary
+                    summary.alreadyQueued = summary.read - summary.inserted - summary.requeued
+                    return summary
                 }
             }
         } catch {
@@ -75,47 +75,47 @@ public struct Queue: Sendable {
             return try await database.withDirectSession(origin, statementTimeout: Self.bulkStatementTimeout) {
                 session in
                 try await session.transaction { connection in
-                let sample = try await connection.query(
-                    "SELECT * FROM (\(unescaped: source)) AS source LIMIT 1"
-                )
-                guard let first = sample.first else { return EnqueueSummary() }
-                guard first.count == 2 else {
-                    throw DatabaseError(
-                        .badSource,
-                        "\(origin): the query returns \(first.count) column\(first.count == 1 ? "" : "s"); it must "
-                            + "return exactly 2 (organization id, then user id)"
+                    let sample = try await connection.query(
+                        "SELECT * FROM (\(unescaped: source)) AS source LIMIT 1"
                     )
-                }
-                let check = try await connection.query(
-                    """
-                    SELECT count(*) OVER (), n, o, u FROM (
-                        SELECT row_number() OVER () AS n, o::text AS o, u::text AS u
-                        FROM (\(unescaped: source)) AS source(o, u)
-                    ) AS numbered
-                    WHERE o IS NULL OR u IS NULL OR btrim(o) = '' OR btrim(u) = ''
-                        OR length(o) > 256 OR length(u) > 256
-                    LIMIT 1
-                    """
-                )
-                if let bad = check.first {
-                    let (_, row, organization, user) = try bad.decode((Int64, Int64, String?, String?).self)
-                    let problem = Self.problem(organization: organization, user: user)
-                    throw DatabaseError(.badSource, "\(origin) row \(row): \(problem); nothing was enqueued")
-                }
-                let total =
-                    try await connection.query("SELECT count(*) FROM (\(unescaped: source)) AS source")
-                    .first?.decode(Int64.self) ?? 0
-                let (inserted, requeued) = try await insert(
-                    source: "SELECT DISTINCT o::text, u::text FROM (\(unescaped: source)) AS source(o, u)",
-                    maxAttempts: maxAttempts,
-                    on: connection
-                )
-                return EnqueueSummary(
-                    read: Int(total),
-                    inserted: inserted,
-                    requeued: requeued,
-                    alreadyQueued: Int(total) - inserted - requeued
-                )
+                    guard let first = sample.first else { return EnqueueSummary() }
+                    guard first.count == 2 else {
+                        throw DatabaseError(
+                            .badSource,
+                            "\(origin): the query returns \(first.count) column\(first.count == 1 ? "" : "s"); it must "
+                                + "return exactly 2 (organization id, then user id)"
+                        )
+                    }
+                    let check = try await connection.query(
+                        """
+                        SELECT count(*) OVER (), n, o, u FROM (
+                            SELECT row_number() OVER () AS n, o::text AS o, u::text AS u
+                            FROM (\(unescaped: source)) AS source(o, u)
+                        ) AS numbered
+                        WHERE o IS NULL OR u IS NULL OR btrim(o) = '' OR btrim(u) = ''
+                            OR length(o) > 256 OR length(u) > 256
+                        LIMIT 1
+                        """
+                    )
+                    if let bad = check.first {
+                        let (_, row, organization, user) = try bad.decode((Int64, Int64, String?, String?).self)
+                        let problem = Self.problem(organization: organization, user: user)
+                        throw DatabaseError(.badSource, "\(origin) row \(row): \(problem); nothing was enqueued")
+                    }
+                    let total =
+                        try await connection.query("SELECT count(*) FROM (\(unescaped: source)) AS source")
+                        .first?.decode(Int64.self) ?? 0
+                    let (inserted, requeued) = try await insert(
+                        source: "SELECT DISTINCT o::text, u::text FROM (\(unescaped: source)) AS source(o, u)",
+                        maxAttempts: maxAttempts,
+                        on: connection
+                    )
+                    return EnqueueSummary(
+                        read: Int(total),
+                        inserted: inserted,
+                        requeued: requeued,
+                        alreadyQueued: Int(total) - inserted - requeued
+                    )
                 }
             }
         } catch {
@@ -314,21 +314,21 @@ public struct Queue: Sendable {
         }
         let rows = try await database.query(
             "write back completions",
-                """
-                UPDATE \(unescaped: schema).queue_items AS item SET
-                    state = 'done', attempts = item.attempts + 1,
-                    customer_number = CASE WHEN done.has_customer THEN done.customer END,
-                    price_tier = CASE WHEN done.has_tier THEN done.tier END,
-                    currency_code = CASE WHEN done.has_currency THEN done.currency END,
-                    enriched_at = now(), last_error = NULL,
-                    lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-                FROM unnest(\(ids)::bigint[], \(claims)::integer[], \(customers)::text[], \(hasCustomer)::bool[],
-                            \(tiers)::text[], \(hasTier)::bool[], \(currencies)::text[], \(hasCurrency)::bool[])
-                    AS done(id, claim, customer, has_customer, tier, has_tier, currency, has_currency)
-                WHERE item.id = done.id AND item.claims = done.claim
-                    AND item.state = 'running' AND item.lease_owner = \(owner)
-                RETURNING item.id
-                """
+            """
+            UPDATE \(unescaped: schema).queue_items AS item SET
+                state = 'done', attempts = item.attempts + 1,
+                customer_number = CASE WHEN done.has_customer THEN done.customer END,
+                price_tier = CASE WHEN done.has_tier THEN done.tier END,
+                currency_code = CASE WHEN done.has_currency THEN done.currency END,
+                enriched_at = now(), last_error = NULL,
+                lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+            FROM unnest(\(ids)::bigint[], \(claims)::integer[], \(customers)::text[], \(hasCustomer)::bool[],
+                        \(tiers)::text[], \(hasTier)::bool[], \(currencies)::text[], \(hasCurrency)::bool[])
+                AS done(id, claim, customer, has_customer, tier, has_tier, currency, has_currency)
+            WHERE item.id = done.id AND item.claims = done.claim
+                AND item.state = 'running' AND item.lease_owner = \(owner)
+            RETURNING item.id
+            """
         )
         return try outcome(sent: ids, writtenRows: rows)
     }
@@ -345,22 +345,22 @@ public struct Queue: Sendable {
         let delays = failures.map { $0.retryAfter?.intervalSeconds ?? 0 }
         let rows = try await database.query(
             "record failures",
-                """
-                UPDATE \(unescaped: schema).queue_items AS item SET
-                    state = CASE WHEN failure.permanent OR item.attempts + 1 >= item.max_attempts
-                        THEN 'failed' ELSE 'pending' END,
-                    attempts = item.attempts + 1,
-                    available_at = CASE WHEN failure.permanent OR item.attempts + 1 >= item.max_attempts
-                        THEN item.available_at ELSE now() + make_interval(secs => failure.delay) END,
-                    last_error = failure.reason,
-                    lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-                FROM unnest(\(ids)::bigint[], \(claims)::integer[], \(reasons)::text[], \(permanent)::bool[],
-                            \(delays)::float8[])
-                    AS failure(id, claim, reason, permanent, delay)
-                WHERE item.id = failure.id AND item.claims = failure.claim
-                    AND item.state = 'running' AND item.lease_owner = \(owner)
-                RETURNING item.id, item.state = 'failed'
-                """
+            """
+            UPDATE \(unescaped: schema).queue_items AS item SET
+                state = CASE WHEN failure.permanent OR item.attempts + 1 >= item.max_attempts
+                    THEN 'failed' ELSE 'pending' END,
+                attempts = item.attempts + 1,
+                available_at = CASE WHEN failure.permanent OR item.attempts + 1 >= item.max_attempts
+                    THEN item.available_at ELSE now() + make_interval(secs => failure.delay) END,
+                last_error = failure.reason,
+                lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+            FROM unnest(\(ids)::bigint[], \(claims)::integer[], \(reasons)::text[], \(permanent)::bool[],
+                        \(delays)::float8[])
+                AS failure(id, claim, reason, permanent, delay)
+            WHERE item.id = failure.id AND item.claims = failure.claim
+                AND item.state = 'running' AND item.lease_owner = \(owner)
+            RETURNING item.id, item.state = 'failed'
+            """
         )
         var outcome = try outcome(sent: ids, writtenRows: rows)
         for row in rows where try row.decode((Int64, Bool).self).1 { outcome.failedPermanently += 1 }
@@ -381,16 +381,16 @@ public struct Queue: Sendable {
         let claims = items.map(\.claim)
         let rows = try await database.query(
             "release rows",
-                """
-                UPDATE \(unescaped: schema).queue_items AS item SET
-                    state = 'pending',
-                    available_at = now() + make_interval(secs => \(delay.intervalSeconds)),
-                    lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-                FROM unnest(\(ids)::bigint[], \(claims)::integer[]) AS held(id, claim)
-                WHERE item.id = held.id AND item.claims = held.claim
-                    AND item.state = 'running' AND item.lease_owner = \(owner)
-                RETURNING item.id
-                """
+            """
+            UPDATE \(unescaped: schema).queue_items AS item SET
+                state = 'pending',
+                available_at = now() + make_interval(secs => \(delay.intervalSeconds)),
+                lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+            FROM unnest(\(ids)::bigint[], \(claims)::integer[]) AS held(id, claim)
+            WHERE item.id = held.id AND item.claims = held.claim
+                AND item.state = 'running' AND item.lease_owner = \(owner)
+            RETURNING item.id
+            """
         )
         return try outcome(sent: ids, writtenRows: rows)
     }
@@ -400,21 +400,21 @@ public struct Queue: Sendable {
     public func extendLeases(owner: String, lease: Duration) async throws -> Int {
         let rows = try await database.query(
             "extend leases",
-                """
-                WITH held AS (
-                    -- SKIP LOCKED: rows a concurrent write-back holds are being finished anyway, and locking
-                    -- them in another order than that UPDATE deadlocked (seen under load, then retried).
-                    SELECT id FROM \(unescaped: schema).queue_items
-                    WHERE state = 'running' AND lease_owner = \(owner) AND lease_expires_at > now()
-                    FOR UPDATE SKIP LOCKED
-                ), extended AS (
-                    UPDATE \(unescaped: schema).queue_items AS item SET
-                        lease_expires_at = now() + make_interval(secs => \(lease.intervalSeconds))
-                    FROM held WHERE item.id = held.id
-                    RETURNING 1
-                )
-                SELECT count(*) FROM extended
-                """
+            """
+            WITH held AS (
+                -- SKIP LOCKED: rows a concurrent write-back holds are being finished anyway, and locking
+                -- them in another order than that UPDATE deadlocked (seen under load, then retried).
+                SELECT id FROM \(unescaped: schema).queue_items
+                WHERE state = 'running' AND lease_owner = \(owner) AND lease_expires_at > now()
+                FOR UPDATE SKIP LOCKED
+            ), extended AS (
+                UPDATE \(unescaped: schema).queue_items AS item SET
+                    lease_expires_at = now() + make_interval(secs => \(lease.intervalSeconds))
+                FROM held WHERE item.id = held.id
+                RETURNING 1
+            )
+            SELECT count(*) FROM extended
+            """
         )
         return Int(try rows.first?.decode(Int64.self) ?? 0)
     }
@@ -424,15 +424,15 @@ public struct Queue: Sendable {
     public func requeueFailed() async throws -> Int {
         let rows = try await database.query(
             "requeue failed rows",
-                """
-                WITH requeued AS (
-                    UPDATE \(unescaped: schema).queue_items SET
-                        state = 'pending', attempts = 0, takeovers = 0, available_at = now(), updated_at = now()
-                    WHERE state = 'failed'
-                    RETURNING 1
-                )
-                SELECT count(*) FROM requeued
-                """
+            """
+            WITH requeued AS (
+                UPDATE \(unescaped: schema).queue_items SET
+                    state = 'pending', attempts = 0, takeovers = 0, available_at = now(), updated_at = now()
+                WHERE state = 'failed'
+                RETURNING 1
+            )
+            SELECT count(*) FROM requeued
+            """
         )
         return Int(try rows.first?.decode(Int64.self) ?? 0)
     }
@@ -447,7 +447,10 @@ public struct Queue: Sendable {
 
     /// Row counts by a full scan of the queue table; slow on big queues, used to cross-check ``counts()``.
     public func exactCounts() async throws -> QueueCounts {
-        let rows = try await database.query("count rows", "SELECT state, count(*) FROM \(unescaped: schema).queue_items GROUP BY state")
+        let rows = try await database.query(
+            "count rows",
+            "SELECT state, count(*) FROM \(unescaped: schema).queue_items GROUP BY state"
+        )
         return try Self.counts(from: rows)
     }
 
@@ -458,7 +461,10 @@ public struct Queue: Sendable {
 
     /// Pending rows that are available now (what a run still has to do).
     public func availableCount() async throws -> Int64 {
-        let rows = try await database.query("count available rows", "SELECT count(*) FROM \(unescaped: schema).queue_items WHERE state = 'pending' AND available_at <= now()")
+        let rows = try await database.query(
+            "count available rows",
+            "SELECT count(*) FROM \(unescaped: schema).queue_items WHERE state = 'pending' AND available_at <= now()"
+        )
         return try rows.first?.decode(Int64.self) ?? 0
     }
 

@@ -195,7 +195,11 @@ struct Pipeline<C: Clock>: Sendable where C.Duration == Duration {
                 _ = try await database.run("extend leases") {
                     try await queue.extendLeases(owner: owner, lease: configuration.lease)
                 }
-                await statistics.metrics.refresh(counts: counts, logins: Int(counters.logins), rate: await throttle.currentRate())
+                await statistics.metrics.refresh(
+                    counts: counts,
+                    logins: Int(counters.logins),
+                    rate: await throttle.currentRate()
+                )
                 sinceCompaction += configuration.heartbeatInterval
                 if sinceCompaction >= compactionInterval {
                     sinceCompaction = .zero

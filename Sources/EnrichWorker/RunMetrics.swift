@@ -55,7 +55,10 @@ public final class RunMetrics: Sendable {
         errors = counters(
             "enrich_item_errors_total",
             "reason",
-            ["bad_request", "server_error", "transport", "unreachable", "undecodable", "unexpected_status", "unauthorized"]
+            [
+                "bad_request", "server_error", "transport", "unreachable", "undecodable", "unexpected_status",
+                "unauthorized",
+            ]
         )
         calls = counters("enrich_api_calls_total", "outcome", Self.callOutcomes)
         throttled = Counter(label: "enrich_api_throttled_total", factory: factory)

@@ -236,11 +236,13 @@ public struct Worker: Service {
         counters.logins = Int64(logins)
         let fatal = control.fatalError
         let state: RunState = fatal != nil ? .failed : control.isInterrupted ? .interrupted : .succeeded
-        // A stopping run records its end within its stop deadline; a finished one retries a short blip.
-        let recordBy = control.stopDeadline.map { $0 - .milliseconds(500) }
+        // Recording the end is bounded: a few seconds for a stopping run (within its stop deadline: after an
+        // outage the database may still be away, and the process must not outstay its limit), ten for a
+        // finished one (a blip is retried). A run left unrecorded is marked abandoned by the next run.
+        let now = ContinuousClock.now
+        let recordBy =
+            control.stopDeadline.map { min($0 - .milliseconds(500), now + .seconds(3)) } ?? now + .seconds(10)
         await Database.$deadline.withValue(recordBy) {
-            let counts = try? await queue.counts()
-            await metrics.refresh(counts: counts, logins: logins, rate: await throttle.currentRate())
             await recordEnd(
                 runID: runID,
                 state: state,
@@ -249,6 +251,8 @@ public struct Worker: Service {
                 until: recordBy,
                 logger
             )
+            let counts = try? await queue.counts()
+            await metrics.refresh(counts: counts, logins: logins, rate: await throttle.currentRate())
         }
         let report = RunReport(
             runID: runID,
@@ -270,8 +274,9 @@ public struct Worker: Service {
     }
 
     /// The last resort against a stop that does not end: once the run begins stopping, its statements are
-    /// bounded by the stop deadline (shutdown grace + ``RunControl/stopMargin``); if the run is still not
-    /// gone then, its end is recorded (best effort, 2 s) and ``onStopDeadline`` is called.
+    /// bounded by the stop deadline (shutdown grace + ``RunControl/stopMargin``); if the run is still going
+    /// two seconds before it, its end is recorded (best effort, within those seconds), and if it is still
+    /// going at the deadline ``onStopDeadline`` is called.
     private func watchStopDeadline(
         runID: Int64,
         control: RunControl,
@@ -280,27 +285,34 @@ public struct Worker: Service {
         source: ItemSource,
         logger: Logger
     ) async {
+        let deadline: ContinuousClock.Instant
         do {
             try await control.waitForStop()
-            guard let deadline = control.stopDeadline else { return }
-            database.limit(to: deadline - .milliseconds(1500))
-            try await Task.sleep(until: deadline, clock: .continuous)
+            guard let stopDeadline = control.stopDeadline else { return }
+            deadline = stopDeadline
+            database.limit(to: deadline - .milliseconds(2500))
+            try await Task.sleep(until: deadline - .seconds(2), clock: .continuous)
         } catch {
             return  // the run ended in time
         }
         let held = await source.held
         let state: RunState = control.fatalError != nil ? .failed : .interrupted
         var message =
-            "the run did not end within the shutdown grace (\(configuration.shutdownGrace)) + "
-            + "\(RunControl.stopMargin): stopped with \(held) rows still held (the next run takes them over)"
+            "did not end within the shutdown grace (\(configuration.shutdownGrace)) + \(RunControl.stopMargin): "
+            + "stopped with \(held) rows still held (the next run takes them over)"
         if let fatal = control.fatalError { message += "; it was stopping because: \(fatal)" }
-        logger.critical("\(message)")
         var counters = statistics.snapshot.counters
         counters.logins = Int64(await tokens.loginCount())
         let jobRuns = self.jobRuns
-        await Database.$deadline.withValue(.now + .seconds(2)) {
+        await Database.$deadline.withValue(deadline - .milliseconds(300)) {
             try? await jobRuns.finish(id: runID, state: state, counters: counters, lastError: message)
         }
+        do {
+            try await Task.sleep(until: deadline, clock: .continuous)
+        } catch {
+            return  // the run ended in its last seconds
+        }
+        logger.critical("\(message)")
         onStopDeadline?(StuckStop(runID: runID, state: state, heldRows: held, message: message))
     }
 

@@ -42,7 +42,12 @@ public struct WorkerError: Error, CustomStringConvertible, Sendable {
         return WorkerError(.login, "could not log in to the API: \(error)")
     }
 
-    static func databaseUnavailable(server: String, for outage: Duration, limit: Duration, cause: String)
+    static func databaseUnavailable(
+        server: String,
+        for outage: Duration,
+        limit: Duration,
+        cause: String
+    )
         -> WorkerError
     {
         WorkerError(

@@ -262,7 +262,11 @@ public struct NymbleClient: Sendable {
             )
         } catch {
             if let reason = Self.unreachable(error) {
-                throw NymbleAPIError(.unreachable, endpoint: endpoint, detail: "cannot connect to \(hostAndPort): \(reason)")
+                throw NymbleAPIError(
+                    .unreachable,
+                    endpoint: endpoint,
+                    detail: "cannot connect to \(hostAndPort): \(reason)"
+                )
             }
             throw NymbleAPIError(.transport, endpoint: endpoint, detail: Self.describeTransport(error))
         }

@@ -149,7 +149,8 @@ struct JobRunTests {
             let next = try EnrichProcess.start(arguments, environment: environment)
             let jobRuns = JobRuns(database: database)
             let deadline = ContinuousClock.now + .seconds(30)
-            while try await jobRuns.recent(limit: 1, jobName: "nightly", state: .running).first?.id ?? 0 <= killedRun.id {
+            while try await jobRuns.recent(limit: 1, jobName: "nightly", state: .running).first?.id ?? 0 <= killedRun.id
+            {
                 guard next.process.isRunning, ContinuousClock.now < deadline else {
                     Issue.record("the next run did not start: \(next.standardError)")
                     return

@@ -92,7 +92,9 @@ final class PrivateCluster: Sendable {
     }
 
     struct NoPostgres: Error, CustomStringConvertible {
-        var description: String { "PostgreSQL's server binaries are not installed: run scripts/test (it installs them)" }
+        var description: String {
+            "PostgreSQL's server binaries are not installed: run scripts/test (it installs them)"
+        }
     }
 
     struct CommandFailed: Error, CustomStringConvertible {
@@ -121,7 +123,9 @@ final class PrivateCluster: Sendable {
         try process.run()
         let data = pipe.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
-        guard process.terminationStatus == 0 else { throw CommandFailed(command: command, status: process.terminationStatus) }
+        guard process.terminationStatus == 0 else {
+            throw CommandFailed(command: command, status: process.terminationStatus)
+        }
         return String(decoding: data, as: UTF8.self)
     }
 
@@ -132,15 +136,18 @@ final class PrivateCluster: Sendable {
     private static func shell(_ command: [String]) throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = [
-            "python3", "-c",
-            "import os, signal, sys; signal.pthread_sigmask(signal.SIG_SETMASK, []); os.closerange(3, 65536); "
-                + "os.execvp(sys.argv[1], sys.argv[1:])",
-        ] + command
+        process.arguments =
+            [
+                "python3", "-c",
+                "import os, signal, sys; signal.pthread_sigmask(signal.SIG_SETMASK, []); os.closerange(3, 65536); "
+                    + "os.execvp(sys.argv[1], sys.argv[1:])",
+            ] + command
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()
         process.waitUntilExit()
-        guard process.terminationStatus == 0 else { throw CommandFailed(command: command, status: process.terminationStatus) }
+        guard process.terminationStatus == 0 else {
+            throw CommandFailed(command: command, status: process.terminationStatus)
+        }
     }
 }
