@@ -128,6 +128,28 @@ struct RunHealthTests {
         #expect(hung.isProblem && hung.line.contains("is still running after 1d6h, more than --max-age 1d2h"))
     }
 
+    @Test("a live run that holds rows but completes none is stuck; one whose process is gone is dead")
+    func stalledAndDeadRuns() {
+        var stalled = run(.running, heartbeatAgo: 2)
+        stalled.stalledSince = now - 95
+        let verdict = judge(stalled)
+        #expect(verdict.isProblem)
+        #expect(
+            verdict.line
+                == "CRITICAL: job nightly run 41 is stuck: it holds rows but has completed none for 1m35s while the "
+                + "database and the API answer (host box1, pid 77); it stops itself at its stall timeout"
+        )
+        let dead = RunHealth.judge(
+            job: "nightly",
+            latest: run(.running, heartbeatAgo: 3),
+            now: now,
+            maxAge: nil,
+            staleAfter: .seconds(60),
+            isDead: true
+        )
+        #expect(dead.isProblem && dead.line.contains("is dead: its process is gone (host box1, pid 77)"))
+    }
+
     @Test("durations: 26h, 90m, 1h30m, 2d, plain seconds; nonsense refused")
     func durations() {
         #expect(DurationText.parse("26h") == .seconds(93_600))

@@ -50,15 +50,17 @@ start_throwaway_postgres() {
     for attempt in 1 2 3 4 5; do
         port="$(free_port)"
         # Throwaway cluster: durability off for speed; never use these settings for real data.
+        ENRICH_PG_OPTS="-p $port -k $ENRICH_PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=400 \
+-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=256MB"
         if as_postgres "$bindir/pg_ctl" -D "$ENRICH_PG_DIR/data" -l "$ENRICH_PG_DIR/server.log" -w -t 60 start \
-            -o "-p $port -k $ENRICH_PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=400 \
-                -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=256MB" >/dev/null; then
+            -o "$ENRICH_PG_OPTS" >/dev/null; then
             break
         fi
         port=""
     done
     if [ -z "$port" ]; then cat "$ENRICH_PG_DIR/server.log" >&2; return 1; fi
-    export ENRICH_PG_BINDIR="$bindir" ENRICH_PG_DIR
+    # ENRICH_PG_OPTS lets a script stop and start the same server again (scripts/chaos).
+    export ENRICH_PG_BINDIR="$bindir" ENRICH_PG_DIR ENRICH_PG_OPTS
     export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres?sslmode=disable"
     trap stop_throwaway_postgres EXIT
     echo "throwaway PostgreSQL on 127.0.0.1:$port (data in $ENRICH_PG_DIR)" >&2
