@@ -32,8 +32,8 @@ let package = Package(
         .target(
             name: "EnrichCLI",
             dependencies: [
-                "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "EnrichWorker", "NymbleSimulator",
-                "EnrichJobs", "EnrichMetrics",
+                "EnrichCore", "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "EnrichWorker",
+                "NymbleSimulator", "EnrichJobs", "EnrichMetrics",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Logging", package: "swift-log"),
@@ -45,6 +45,7 @@ let package = Package(
         .target(
             name: "EnrichWorker",
             dependencies: [
+                "EnrichCore",
                 "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
@@ -52,8 +53,10 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // What every module shares: Duration units, human durations, the commerce context of a pair.
+        .target(name: "EnrichCore", swiftSettings: swiftSettings),
         // Scheduled jobs: job definitions (jobs/*.json) and the health verdict of `status --check`.
-        .target(name: "EnrichJobs", dependencies: ["EnrichQueue"], swiftSettings: swiftSettings),
+        .target(name: "EnrichJobs", dependencies: ["EnrichCore", "EnrichQueue"], swiftSettings: swiftSettings),
         // The Prometheus endpoint of `enrich run --metrics-port`.
         .target(
             name: "EnrichMetrics",
@@ -69,6 +72,7 @@ let package = Package(
         .target(
             name: "EnrichQueue",
             dependencies: [
+                "EnrichCore",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -80,6 +84,7 @@ let package = Package(
         .target(
             name: "NymbleAPI",
             dependencies: [
+                "EnrichCore",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -89,19 +94,20 @@ let package = Package(
         // The one shared login token: single-flight login, refresh-ahead, login pacing.
         .target(
             name: "EnrichToken",
-            dependencies: ["NymbleAPI", "EnrichThrottle", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["EnrichCore", "NymbleAPI", "EnrichThrottle", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
         // Rate control: the adaptive (AIMD) throttle for 429s and retry backoff with full jitter.
         .target(
             name: "EnrichThrottle",
-            dependencies: [.product(name: "Logging", package: "swift-log")],
+            dependencies: ["EnrichCore", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
         // A faithful simulator of the Nymble API (Hummingbird), used by tests, the demo and benchmarks.
         .target(
             name: "NymbleSimulator",
             dependencies: [
+                "EnrichCore",
                 "NymbleAPI",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -113,7 +119,8 @@ let package = Package(
         .testTarget(
             name: "EnrichUnitTests",
             dependencies: [
-                "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "EnrichWorker", "EnrichCLI", "EnrichJobs",
+                "EnrichCore", "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "EnrichWorker", "EnrichCLI",
+                "EnrichJobs",
             ],
             swiftSettings: swiftSettings
         ),
@@ -121,8 +128,8 @@ let package = Package(
         .testTarget(
             name: "EnrichIntegrationTests",
             dependencies: [
-                "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "EnrichWorker", "NymbleSimulator",
-                "EnrichCLI", "EnrichJobs", "EnrichMetrics",
+                "EnrichCore", "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "EnrichWorker",
+                "NymbleSimulator", "EnrichCLI", "EnrichJobs", "EnrichMetrics",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

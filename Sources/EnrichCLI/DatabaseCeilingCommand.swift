@@ -1,3 +1,4 @@
+import EnrichCore
 import ArgumentParser
 import EnrichQueue
 import EnrichThrottle
@@ -39,7 +40,7 @@ struct DatabaseCeilingCommand: AsyncParsableCommand {
                 }
                 return (rows, started.duration(to: .now))
             }
-            let elapsed = seconds.secondsValue
+            let elapsed = seconds.inSeconds
             print(
                 #"{"rows": \#(rows), "seconds": \#(String(format: "%.3f", elapsed)), "rows_per_second": \#(String(format: "%.1f", Double(rows) / elapsed))}"#
             )

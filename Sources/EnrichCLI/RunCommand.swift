@@ -244,7 +244,7 @@ struct RunSummaryText {
 
     init(_ report: RunReport) {
         let counters = report.statistics.counters
-        let seconds = report.elapsed.secondsValue
+        let seconds = report.elapsed.inSeconds
         let finished = counters.succeeded + counters.failed
         let rate = seconds > 0 ? Double(finished) / seconds : 0
         var parts = [

@@ -1,3 +1,4 @@
+import EnrichCore
 import ArgumentParser
 import EnrichJobs
 import EnrichQueue

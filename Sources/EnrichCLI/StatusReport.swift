@@ -1,3 +1,4 @@
+import EnrichCore
 import EnrichQueue
 import Foundation
 
@@ -70,15 +71,15 @@ public struct StatusReport: Codable, Sendable {
             if summary.isDead {
                 state += " (dead: process gone)"
             } else if let stalledSince = run.stalledSince {
-                state += " (stuck \(Self.duration(max(0, Date.now.timeIntervalSince(stalledSince)))))"
+                state += " (stuck \(DurationText.format(max(0, Date.now.timeIntervalSince(stalledSince)))))"
             } else if run.state == .running && summary.heartbeatAgeSeconds > 60 {
-                state += " (no heartbeat \(Self.duration(summary.heartbeatAgeSeconds)))"
+                state += " (no heartbeat \(DurationText.format(summary.heartbeatAgeSeconds)))"
             }
             table.append([
                 String(run.id), run.jobName, run.trigger.rawValue, state, formatter.string(from: run.startedAt),
                 progress + (run.counters.failed > 0 ? " (\(run.counters.failed) failed)" : ""),
                 summary.itemsPerSecond.map { String(format: "%.0f", $0) } ?? "-",
-                summary.etaSeconds.map(Self.duration) ?? "-",
+                summary.etaSeconds.map { DurationText.format($0) } ?? "-",
                 String(run.counters.throttled), String(run.counters.logins), "\(run.host):\(run.pid)",
                 run.lastError.map { String($0.prefix(80)) } ?? "",
             ])
@@ -92,13 +93,5 @@ public struct StatusReport: Codable, Sendable {
             lines.append(padded.joined(separator: "  ").trimmingCharacters(in: .whitespaces))
         }
         return lines.joined(separator: "\n")
-    }
-
-    /// `3h05m`, `4m12s`, `9s`.
-    static func duration(_ seconds: Double) -> String {
-        let total = Int(seconds.rounded())
-        if total >= 3600 { return String(format: "%dh%02dm", total / 3600, (total % 3600) / 60) }
-        if total >= 60 { return String(format: "%dm%02ds", total / 60, total % 60) }
-        return "\(total)s"
     }
 }

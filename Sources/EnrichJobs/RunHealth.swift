@@ -1,3 +1,4 @@
+import EnrichCore
 import EnrichQueue
 import Foundation
 
@@ -53,15 +54,15 @@ public struct RunHealth: Sendable, Equatable {
                 )
             }
             let silent = now.timeIntervalSince(run.heartbeatAt)
-            if silent > seconds(staleAfter) {
+            if silent > staleAfter.inSeconds {
                 return problem(
                     "is stuck: running since \(startedAgo) ago, no heartbeat for \(DurationText.format(silent)) "
                         + "(host \(run.host), pid \(run.pid))"
                 )
             }
-            if let maxAge, now.timeIntervalSince(run.startedAt) > seconds(maxAge) {
+            if let maxAge, now.timeIntervalSince(run.startedAt) > maxAge.inSeconds {
                 return problem(
-                    "is still running after \(startedAgo), more than --max-age \(DurationText.format(seconds(maxAge))) "
+                    "is still running after \(startedAgo), more than --max-age \(DurationText.format(maxAge.inSeconds)) "
                         + "(host \(run.host), pid \(run.pid)): hung, or far slower than usual?"
                 )
             }
@@ -78,60 +79,13 @@ public struct RunHealth: Sendable, Equatable {
         case .abandoned:
             return problem("was abandoned (started \(startedAgo) ago): \(run.lastError ?? "its process died")")
         case .succeeded:
-            if let maxAge, now.timeIntervalSince(run.startedAt) > seconds(maxAge) {
+            if let maxAge, now.timeIntervalSince(run.startedAt) > maxAge.inSeconds {
                 return problem(
                     "is the last run and started \(startedAgo) ago, more than --max-age "
-                        + "\(DurationText.format(seconds(maxAge))): is the schedule running?"
+                        + "\(DurationText.format(maxAge.inSeconds)): is the schedule running?"
                 )
             }
             return RunHealth(isProblem: false, line: "OK: \(name) succeeded \(startedAgo) ago: \(tally)")
         }
     }
-}
-
-/// Durations as people write them: `26h`, `90m`, `45s`, `2d`, `1h30m` or plain seconds.
-public enum DurationText {
-    /// Parses `text`; nil when it is not a positive duration.
-    public static func parse(_ text: String) -> Duration? {
-        let trimmed = text.trimmingCharacters(in: .whitespaces).lowercased()
-        if let seconds = Double(trimmed) { return seconds > 0 && seconds.isFinite ? .seconds(seconds) : nil }
-        var total = 0.0
-        var number = ""
-        var sawUnit = false
-        for character in trimmed {
-            if character.isNumber || character == "." {
-                number.append(character)
-                continue
-            }
-            let unit: Double
-            switch character {
-            case "d": unit = 86_400
-            case "h": unit = 3_600
-            case "m": unit = 60
-            case "s": unit = 1
-            default: return nil
-            }
-            guard let value = Double(number) else { return nil }
-            total += value * unit
-            number = ""
-            sawUnit = true
-        }
-        guard sawUnit, number.isEmpty, total > 0 else { return nil }
-        return .seconds(total)
-    }
-
-    /// `3h12m`, `4m05s`, `12s`, `2d3h`.
-    public static func format(_ seconds: Double) -> String {
-        let whole = Int(max(0, seconds).rounded())
-        let (days, hours, minutes, secs) = (whole / 86_400, whole % 86_400 / 3_600, whole % 3_600 / 60, whole % 60)
-        if days > 0 { return "\(days)d\(hours)h" }
-        if hours > 0 { return "\(hours)h\(String(format: "%02d", minutes))m" }
-        if minutes > 0 { return "\(minutes)m\(String(format: "%02d", secs))s" }
-        return "\(secs)s"
-    }
-}
-
-private func seconds(_ duration: Duration) -> Double {
-    let (seconds, attoseconds) = duration.components
-    return Double(seconds) + Double(attoseconds) / 1e18
 }

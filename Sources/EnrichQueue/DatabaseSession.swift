@@ -47,7 +47,7 @@ public struct DatabaseSession: Sendable {
                 )
             }
             let result: EventLoopFuture<PostgresQueryResult> = connection.query(query, logger: logger)
-            let timer = connection.eventLoop.scheduleTask(in: .nanoseconds(remaining.nanoseconds)) {
+            let timer = connection.eventLoop.scheduleTask(in: .nanoseconds(remaining.inNanoseconds)) {
                 expired.set()
                 connection.closeSoon()
             }
@@ -68,7 +68,7 @@ public struct DatabaseSession: Sendable {
 
     private func timedOut(after limit: Duration?) -> DatabaseError {
         let seconds =
-            limit.map { " within \($0.intervalSeconds.formatted(.number.precision(.fractionLength(0...1)))) s" } ?? ""
+            limit.map { " within \($0.inSeconds.formatted(.number.precision(.fractionLength(0...1)))) s" } ?? ""
         return DatabaseError(.timedOut, "\(operation): PostgreSQL at \(serverDescription) gave no answer\(seconds)")
     }
 }
@@ -151,7 +151,7 @@ extension Database {
                 switch try await group.next() {
                 case .finished(let value): return value
                 case .deadline:
-                    let seconds = start.duration(to: deadline).intervalSeconds
+                    let seconds = start.duration(to: deadline).inSeconds
                     throw DatabaseError(
                         .timedOut,
                         "\(operation): PostgreSQL at \(server) gave no answer within \(Int(seconds.rounded())) s"
@@ -258,17 +258,5 @@ extension DatabaseSession {
         }
         try await query("COMMIT")
         return result
-    }
-}
-
-extension Duration {
-    /// The duration in whole nanoseconds (saturating), for NIO's `TimeAmount`.
-    var nanoseconds: Int64 {
-        let (seconds, attoseconds) = components
-        let (product, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
-        if overflow { return seconds < 0 ? .min : .max }
-        return product.addingReportingOverflow(attoseconds / 1_000_000_000).overflow
-            ? .max
-            : product + attoseconds / 1_000_000_000
     }
 }

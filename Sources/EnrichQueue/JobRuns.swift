@@ -196,9 +196,9 @@ public struct JobRuns: Sendable {
                     claimed = \(counters.claimed), succeeded = \(counters.succeeded), failed = \(counters.failed),
                     retried = \(counters.retried), throttled = \(counters.throttled), logins = \(counters.logins),
                     total_items = COALESCE(\(totalItems), total_items),
-                    stalled_since = CASE WHEN \(stalledFor?.intervalSeconds)::float8 IS NULL THEN NULL
+                    stalled_since = CASE WHEN \(stalledFor?.inSeconds)::float8 IS NULL THEN NULL
                         ELSE COALESCE(stalled_since,
-                            now() - make_interval(secs => \(stalledFor?.intervalSeconds ?? 0))) END
+                            now() - make_interval(secs => \(stalledFor?.inSeconds ?? 0))) END
                 WHERE id = \(id) AND state = 'running'
                 RETURNING id
                 """
@@ -254,9 +254,9 @@ public struct JobRuns: Sendable {
     private func deadCondition(staleAfter: Duration?) -> String {
         let key = Self.livenessClass(schema: database.configuration.schema)
         let stale =
-            staleAfter.map { "r.heartbeat_at < now() - make_interval(secs => \($0.intervalSeconds))" } ?? "false"
+            staleAfter.map { "r.heartbeat_at < now() - make_interval(secs => \($0.inSeconds))" } ?? "false"
         return """
-            ((r.liveness AND pg_postmaster_start_time() < now() - make_interval(secs => \(Self.restartGrace.intervalSeconds))
+            ((r.liveness AND pg_postmaster_start_time() < now() - make_interval(secs => \(Self.restartGrace.inSeconds))
                 AND NOT EXISTS (
                     SELECT 1 FROM pg_locks l
                     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
@@ -321,7 +321,7 @@ public struct JobRuns: Sendable {
                             FROM dead WHERE r.id = dead.id
                             RETURNING r.id
                             """,
-                        binds: try binds(ownRun ?? -1, staleAfter.intervalSeconds, runner)
+                        binds: try binds(ownRun ?? -1, staleAfter.inSeconds, runner)
                     )
                 )
                 let freed = try await session.query(

@@ -250,7 +250,7 @@ public struct Queue: Sendable {
                 max_attempts = COALESCE(\(maxAttempts)::integer, item.max_attempts),
                 lease_owner = CASE WHEN decided.exhausted THEN NULL ELSE \(owner) END,
                 lease_expires_at = CASE WHEN decided.exhausted THEN NULL
-                    ELSE now() + make_interval(secs => \(lease.intervalSeconds)) END,
+                    ELSE now() + make_interval(secs => \(lease.inSeconds)) END,
                 last_error = CASE WHEN decided.exhausted
                     THEN replace(\(reasonPrefix), '{n}', (item.takeovers + 1)::text)
                     ELSE item.last_error END,
@@ -342,7 +342,7 @@ public struct Queue: Sendable {
         // PostgreSQL text cannot hold NUL; an API's error excerpt might.
         let reasons = failures.map { String($0.reason.replacingOccurrences(of: "\u{0}", with: "").prefix(2000)) }
         let permanent = failures.map { $0.retryAfter == nil }
-        let delays = failures.map { $0.retryAfter?.intervalSeconds ?? 0 }
+        let delays = failures.map { $0.retryAfter?.inSeconds ?? 0 }
         let rows = try await database.query(
             "record failures",
             """
@@ -384,7 +384,7 @@ public struct Queue: Sendable {
             """
             UPDATE \(unescaped: schema).queue_items AS item SET
                 state = 'pending',
-                available_at = now() + make_interval(secs => \(delay.intervalSeconds)),
+                available_at = now() + make_interval(secs => \(delay.inSeconds)),
                 lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
             FROM unnest(\(ids)::bigint[], \(claims)::integer[]) AS held(id, claim)
             WHERE item.id = held.id AND item.claims = held.claim
@@ -409,7 +409,7 @@ public struct Queue: Sendable {
                 FOR UPDATE SKIP LOCKED
             ), extended AS (
                 UPDATE \(unescaped: schema).queue_items AS item SET
-                    lease_expires_at = now() + make_interval(secs => \(lease.intervalSeconds))
+                    lease_expires_at = now() + make_interval(secs => \(lease.inSeconds))
                 FROM held WHERE item.id = held.id
                 RETURNING 1
             )

@@ -1,3 +1,5 @@
+import EnrichCore
+
 /// One `(OrganizationId, UserId)` pair to enrich.
 public struct Pair: Hashable, Sendable, CustomStringConvertible {
     public var organizationId: String
@@ -14,19 +16,6 @@ public struct Pair: Hashable, Sendable, CustomStringConvertible {
 /// The state of a queue row.
 public enum ItemState: String, Sendable, CaseIterable, Codable {
     case pending, running, done, failed
-}
-
-/// The commerce context the API returned for a pair; each field may be null.
-public struct CommerceContext: Hashable, Sendable {
-    public var customerNumber: String?
-    public var priceTier: String?
-    public var currencyCode: String?
-
-    public init(customerNumber: String?, priceTier: String?, currencyCode: String?) {
-        self.customerNumber = customerNumber
-        self.priceTier = priceTier
-        self.currencyCode = currencyCode
-    }
 }
 
 /// A row this worker holds a lease on. `claim` is the fencing token: together with the lease owner it
@@ -149,10 +138,3 @@ public struct QueueCounts: Sendable, Equatable, Codable {
     }
 }
 
-extension Duration {
-    /// Seconds as a Double, for binding as `make_interval(secs => ...)`.
-    var intervalSeconds: Double {
-        let (seconds, attoseconds) = components
-        return Double(seconds) + Double(attoseconds) / 1e18
-    }
-}

@@ -1,3 +1,4 @@
+import EnrichCore
 import Foundation
 
 /// The send-rate controller behind ``Throttle``: additive-increase / multiplicative-decrease with a
@@ -141,8 +142,8 @@ public struct AdaptiveRateController<Instant: InstantProtocol>: Sendable where I
 
     /// Calls accepted per second between `since` and `now` (at most the measurement window).
     public mutating func acceptedRate(now: Instant, since: Instant) -> Double {
-        let seconds = since.duration(to: now).secondsValue
-        let window = configuration.measurementWindow.secondsValue
+        let seconds = since.duration(to: now).inSeconds
+        let window = configuration.measurementWindow.inSeconds
         guard seconds > 0, seconds < window else { return acceptedRate(now: now) }
         let current = slotNumber(now)
         let first = slotNumber(since)
@@ -163,7 +164,7 @@ public struct AdaptiveRateController<Instant: InstantProtocol>: Sendable where I
         for slot in slots where slot.number > current - slots.count && slot.number <= current { total += slot.count }
         // The current slot is only partly elapsed: divide by the time really covered.
         let elapsedInCurrent = slotPosition(now) - Double(current)
-        let sinceOrigin = origin.map { $0.duration(to: now).secondsValue } ?? 0
+        let sinceOrigin = origin.map { $0.duration(to: now).inSeconds } ?? 0
         let covered = min(
             (Double(slots.count - 1) + max(0, min(1, elapsedInCurrent))) * slotLength,
             sinceOrigin
@@ -175,24 +176,24 @@ public struct AdaptiveRateController<Instant: InstantProtocol>: Sendable where I
     private mutating func grow(now: Instant) {
         defer { lastUpdate = now }
         guard let rate, let lastUpdate else { return }
-        let elapsed = lastUpdate.duration(to: now).secondsValue
+        let elapsed = lastUpdate.duration(to: now).inSeconds
         guard elapsed > 0 else { return }
         var next = rate
         let target = (ceiling ?? rate) * configuration.settle
         if isSlowStarting {
             // Grow only while calls are being accepted, and not far beyond them (the window's average lags a
             // rate that doubles every quarter second by about a third): an idle spell banks no rate.
-            let doubled = rate * exp2(elapsed / (configuration.recoveryTime.secondsValue / 4))
+            let doubled = rate * exp2(elapsed / (configuration.recoveryTime.inSeconds / 4))
             next = min(doubled, max(rate, 8 * acceptedRate(now: now)))
         } else if rate < target {
-            let keep = exp2(-elapsed / configuration.recoveryTime.secondsValue)
+            let keep = exp2(-elapsed / configuration.recoveryTime.inSeconds)
             next = target - (target - rate) * keep
             // The approach is asymptotic: call it reached when within 0.5%, so that probing can begin.
             if next >= target * 0.995 { next = target }
         } else {
             // Probe only the part of `elapsed` that lies beyond the quiet period after the last decrease.
-            let quiet = lastDecrease.map { $0.duration(to: now).secondsValue } ?? .infinity
-            let probingFor = quiet - configuration.probeDelay.secondsValue
+            let quiet = lastDecrease.map { $0.duration(to: now).inSeconds } ?? .infinity
+            let probingFor = quiet - configuration.probeDelay.inSeconds
             let probing = min(elapsed, probingFor)
             if probing > 0 {
                 let growth = min(1, configuration.probeGrowth * exp2(min(probingFor, 600) / 10))
@@ -206,12 +207,12 @@ public struct AdaptiveRateController<Instant: InstantProtocol>: Sendable where I
     }
 
     /// The length of one slot of the acceptance ring, in seconds.
-    private var slotLength: Double { configuration.measurementWindow.secondsValue / Double(slots.count) }
+    private var slotLength: Double { configuration.measurementWindow.inSeconds / Double(slots.count) }
 
     /// Where `instant` falls on the slot scale: its slot number plus the fraction of that slot elapsed
     /// (0 before the first accepted call).
     private func slotPosition(_ instant: Instant) -> Double {
-        (origin.map { $0.duration(to: instant).secondsValue } ?? 0) / slotLength
+        (origin.map { $0.duration(to: instant).inSeconds } ?? 0) / slotLength
     }
 
     /// Time since the first accepted call (zero before any).

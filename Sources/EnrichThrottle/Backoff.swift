@@ -17,13 +17,13 @@ public struct Backoff: Sendable, Hashable {
     /// The upper bound of the wait before retry number `attempt` (1-based): `min(cap, base * 2^(attempt-1))`.
     public func ceiling(attempt: Int) -> Duration {
         let exponent = max(0, min(attempt - 1, 40))
-        let scaled = base.secondsValue * Double(UInt64(1) << UInt64(exponent))
-        return scaled >= cap.secondsValue ? cap : .seconds(scaled)
+        let scaled = base.inSeconds * Double(UInt64(1) << UInt64(exponent))
+        return scaled >= cap.inSeconds ? cap : .seconds(scaled)
     }
 
     /// A random wait in `0 ... ceiling(attempt)`.
     public func delay(attempt: Int, using generator: inout some RandomNumberGenerator) -> Duration {
-        let ceiling = ceiling(attempt: attempt).secondsValue
+        let ceiling = ceiling(attempt: attempt).inSeconds
         return .seconds(Double.random(in: 0...ceiling, using: &generator))
     }
 
@@ -31,14 +31,5 @@ public struct Backoff: Sendable, Hashable {
     public func delay(attempt: Int) -> Duration {
         var generator = SystemRandomNumberGenerator()
         return delay(attempt: attempt, using: &generator)
-    }
-}
-
-extension Duration {
-    /// This duration in (fractional) seconds.
-    @inlinable
-    public var secondsValue: Double {
-        let (seconds, attoseconds) = components
-        return Double(seconds) + Double(attoseconds) / 1e18
     }
 }

@@ -1,3 +1,4 @@
+import EnrichCore
 import EnrichQueue
 import EnrichThrottle
 import EnrichToken
@@ -44,7 +45,7 @@ struct ItemProcessor<C: Clock>: Sendable where C.Duration == Duration {
                 throw WorkerError.login(error)
             }
             statistics.update { $0.calls += 1 }
-            let answer: AccessAnswer
+            let answer: CommerceContext
             let callStarted = ContinuousClock.now
             do {
                 answer = try await client.access(

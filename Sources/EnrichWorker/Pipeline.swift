@@ -255,7 +255,7 @@ struct Pipeline<C: Clock>: Sendable where C.Duration == Duration {
             let now = clock.now
             let snapshot = statistics.snapshot
             let finished = snapshot.counters.succeeded + snapshot.counters.failed
-            let seconds = last.instant.duration(to: now).secondsValue
+            let seconds = last.instant.duration(to: now).inSeconds
             onProgress(
                 WorkerProgress(
                     runID: runID,

@@ -84,7 +84,7 @@ public final class RunMetrics: Sendable {
     func recordCall(_ code: NymbleAPIError.Code?, duration: Duration) {
         calls[code.map(Self.name(of:)) ?? "ok"]?.increment()
         if code == .rateLimited { throttled.increment() }
-        callDuration.recordNanoseconds(duration.nanoseconds)
+        callDuration.recordNanoseconds(duration.inNanoseconds)
     }
 
     func recordError(_ reason: String) { errors[reason]?.increment() }
@@ -113,14 +113,5 @@ public final class RunMetrics: Sendable {
         }
         recordLoginTotal(logins)
         throttleRate.record(await rate() ?? 0)
-    }
-}
-
-extension Duration {
-    /// Whole nanoseconds (saturating), for swift-metrics timers.
-    var nanoseconds: Int64 {
-        let (seconds, attoseconds) = components
-        let (product, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
-        return overflow ? .max : product + attoseconds / 1_000_000_000
     }
 }

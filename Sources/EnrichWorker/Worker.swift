@@ -267,7 +267,7 @@ public struct Worker: Service {
             metadata: [
                 "state": "\(state.rawValue)", "done": "\(counters.succeeded)", "failed": "\(counters.failed)",
                 "retried": "\(counters.retried)", "throttled": "\(counters.throttled)", "logins": "\(logins)",
-                "seconds": "\(String(format: "%.1f", report.elapsed.secondsValue))",
+                "seconds": "\(String(format: "%.1f", report.elapsed.inSeconds))",
             ]
         )
         return report
@@ -349,7 +349,7 @@ public struct Worker: Service {
         let attempts = configuration.maxAttempts.map { "\($0)" } ?? "null"
         return """
             {"concurrency":\(configuration.concurrency),"rate":\(rate),"max_attempts":\(attempts),\
-            "claim_batch":\(configuration.effectiveClaimBatch),"lease_seconds":\(configuration.lease.secondsValue),\
+            "claim_batch":\(configuration.effectiveClaimBatch),"lease_seconds":\(configuration.lease.inSeconds),\
             "follow":\(configuration.follow)}
             """
     }

@@ -52,13 +52,8 @@ public struct WorkerError: Error, CustomStringConvertible, Sendable {
     {
         WorkerError(
             .databaseUnavailable,
-            "PostgreSQL at \(server) has been unreachable for \(outage.wholeSeconds) s (outage limit "
-                + "\(limit.wholeSeconds) s): \(cause)"
+            "PostgreSQL at \(server) has been unreachable for \(Int(outage.inSeconds.rounded())) s (outage limit "
+                + "\(Int(limit.inSeconds.rounded())) s): \(cause)"
         )
     }
-}
-
-extension Duration {
-    /// Whole seconds, rounded, for messages.
-    var wholeSeconds: Int64 { Int64((Double(components.seconds) + Double(components.attoseconds) / 1e18).rounded()) }
 }

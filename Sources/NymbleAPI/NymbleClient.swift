@@ -1,3 +1,4 @@
+import EnrichCore
 import AsyncHTTPClient
 import Foundation
 import Logging
@@ -149,7 +150,7 @@ public struct NymbleClient: Sendable {
         userId: String,
         token: AccessToken
     ) async throws(NymbleAPIError)
-        -> AccessAnswer
+        -> CommerceContext
     {
         let body = "{\"OrganizationId\":\(JSONText.quoted(organizationId)),\"UserId\":\(JSONText.quoted(userId))}"
         let (status, headers, bytes) = try await post(
@@ -162,7 +163,7 @@ public struct NymbleClient: Sendable {
         switch status {
         case 200:
             do {
-                return try JSONDecoder().decode(AccessAnswer.self, from: bytes)
+                return try JSONDecoder().decode(CommerceContext.self, from: bytes)
             } catch {
                 throw NymbleAPIError(
                     .undecodable,

@@ -1,3 +1,4 @@
+import EnrichCore
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -108,7 +109,7 @@ public struct NymbleSimulator: Service {
         }
         if let wait = state.admitLogin(clientId: login.ClientId) {
             var headers = HTTPFields()
-            headers[.retryAfter] = String(Int(wait.seconds.rounded(.up)))
+            headers[.retryAfter] = String(Int(wait.inSeconds.rounded(.up)))
             return Self.json(.tooManyRequests, #"{"error":"too many logins"}"#, headers: headers)
         }
         guard login.OrgCode == configuration.orgCode, login.ClientId == configuration.clientId,
@@ -118,7 +119,7 @@ public struct NymbleSimulator: Service {
             return Self.json(.unauthorized, #"{"error":"invalid credentials"}"#)
         }
         let token = state.issueToken(clientId: login.ClientId)
-        let lifetime = Int64(configuration.tokenLifetime.seconds.rounded())
+        let lifetime = Int64(configuration.tokenLifetime.inSeconds.rounded())
         return Self.json(.ok, #"{"AccessToken":"\#(token)","TokenType":"api-key","ExpiresIn":\#(lifetime)}"#)
     }
 
@@ -131,9 +132,9 @@ public struct NymbleSimulator: Service {
             state.update { $0.access429 += 1 }
             var headers = HTTPFields()
             if configuration.retryAfterStyle == .seconds {
-                headers[.retryAfter] = String(max(1, Int(wait.seconds.rounded(.up))))
+                headers[.retryAfter] = String(max(1, Int(wait.inSeconds.rounded(.up))))
             } else if configuration.retryAfterStyle == .httpDate {
-                headers[.retryAfter] = RetryAfter.format(Date().addingTimeInterval(max(1, wait.seconds.rounded(.up))))
+                headers[.retryAfter] = RetryAfter.format(Date().addingTimeInterval(max(1, wait.inSeconds.rounded(.up))))
             }
             return Self.json(.tooManyRequests, #"{"error":"rate limited"}"#, headers: headers)
         }
@@ -180,7 +181,7 @@ public struct NymbleSimulator: Service {
         let latency = configuration.latency
         var wait =
             latency.maximum > latency.minimum
-            ? .seconds(Double.random(in: latency.minimum.seconds...latency.maximum.seconds)) : latency.minimum
+            ? .seconds(Double.random(in: latency.minimum.inSeconds...latency.maximum.inSeconds)) : latency.minimum
         if slow { wait += configuration.slowDelay }
         if wait > .zero { try await Task.sleep(for: wait) }
     }

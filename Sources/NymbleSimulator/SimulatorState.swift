@@ -1,3 +1,4 @@
+import EnrichCore
 import Foundation
 import Synchronization
 
@@ -113,7 +114,7 @@ final class SimulatorState: Sendable {
                 if state.stats.loginTimes == nil { state.stats.loginTimes = [] }
                 state.stats.loginTimes?.append(Date().timeIntervalSince1970)
             }
-            let expiry = Date().addingTimeInterval(configuration.tokenLifetime.seconds)
+            let expiry = Date().addingTimeInterval(configuration.tokenLifetime.inSeconds)
             let token = JWTLike.make(subject: clientId, expiry: expiry, serial: state.tokenCounter)
             state.tokens[token] = Token(expiresAt: now + configuration.tokenLifetime)
             return token
@@ -148,7 +149,7 @@ final class SimulatorState: Sendable {
         let burst = configuration.accessBurst ?? max(1, rate)
         let now = clock.now
         return state.withLock { state in
-            let elapsed = (now - state.bucketUpdatedAt).seconds
+            let elapsed = (now - state.bucketUpdatedAt).inSeconds
             state.bucketLevel = min(burst, state.bucketLevel + elapsed * rate)
             state.bucketUpdatedAt = now
             if state.bucketLevel >= 1 {
@@ -157,13 +158,6 @@ final class SimulatorState: Sendable {
             }
             return .seconds((1 - state.bucketLevel) / rate)
         }
-    }
-}
-
-extension Duration {
-    var seconds: Double {
-        let (seconds, attoseconds) = components
-        return Double(seconds) + Double(attoseconds) / 1e18
     }
 }
 

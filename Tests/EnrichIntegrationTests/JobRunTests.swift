@@ -110,7 +110,7 @@ struct JobRunTests {
             #expect(first.process.isRunning, "the first run must still hold the lock for the attempts to count")
             let fastest = try #require(took.min())
             #expect(fastest < .seconds(1), "the overlapping runs took \(took) to give up")
-            print("overlapping runs exited 5 after \(took.map { String(format: "%.2f s", $0.secondsValue) })")
+            print("overlapping runs exited 5 after \(took.map { String(format: "%.2f s", $0.inSeconds) })")
 
             let firstStatus = try await first.wait()
             #expect(firstStatus == 0, "\(first.standardError)")

@@ -1,3 +1,4 @@
+import EnrichCore
 import EnrichThrottle
 import EnrichToken
 import Foundation
@@ -63,7 +64,7 @@ struct SimulatorClientTests {
                 let expected = CommerceDirectory.context(organizationId: organization, userId: user)
                 #expect(
                     answer
-                        == AccessAnswer(
+                        == CommerceContext(
                             customerNumber: expected.customerNumber,
                             priceTier: expected.priceTier,
                             currencyCode: expected.currencyCode

@@ -83,7 +83,7 @@ struct WorkerTests {
             )
             let stats = simulator.stats()
             let share = Double(stats.access429) / Double(stats.accessCalls)
-            let throughput = Double(rows) / report.elapsed.secondsValue
+            let throughput = Double(rows) / report.elapsed.inSeconds
             print(
                 "rate limit \(Int(limit))/s, Retry-After \(style): \(Int(throughput)) rows/s, \(stats.access429) 429s of \(stats.accessCalls) calls (\(String(format: "%.1f", share * 100))%)"
             )
@@ -176,7 +176,7 @@ struct WorkerTests {
                 configuration: WorkerHarness.configuration { $0.rateLimit = 250 }
             )
             let stats = simulator.stats()
-            let seconds = report.elapsed.secondsValue
+            let seconds = report.elapsed.inSeconds
             print(
                 "3 s tokens over \(String(format: "%.1f", seconds)) s: \(stats.logins) logins, \(stats.access401) 401s"
             )

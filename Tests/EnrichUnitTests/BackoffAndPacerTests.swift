@@ -35,7 +35,7 @@ struct BackoffTests {
         #expect(delays.allSatisfy { $0 >= .zero && $0 <= .seconds(8) })
         #expect(delays.contains { $0 < .seconds(1) }, "full jitter reaches near zero")
         #expect(delays.contains { $0 > .seconds(7) }, "and near the ceiling")
-        let mean = delays.map(\.secondsValue).reduce(0, +) / Double(delays.count)
+        let mean = delays.map(\.inSeconds).reduce(0, +) / Double(delays.count)
         #expect(abs(mean - 4) < 0.3, "uniform: mean is half the ceiling")
     }
 }

@@ -1,3 +1,4 @@
+import EnrichCore
 import EnrichJobs
 import EnrichQueue
 import Foundation

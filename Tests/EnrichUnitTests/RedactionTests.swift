@@ -1,3 +1,4 @@
+import EnrichCore
 import Foundation
 import NymbleAPI
 import Testing
@@ -17,12 +18,12 @@ struct RedactionTests {
     @Test("access answers keep nulls as nulls and reject a missing field")
     func accessAnswerDecoding() throws {
         let decoded = try JSONDecoder().decode(
-            AccessAnswer.self,
+            CommerceContext.self,
             from: Data(#"{"CustomerNumber":"C1","PriceTier":null,"CurrencyCode":"USD"}"#.utf8)
         )
-        #expect(decoded == AccessAnswer(customerNumber: "C1", priceTier: nil, currencyCode: "USD"))
+        #expect(decoded == CommerceContext(customerNumber: "C1", priceTier: nil, currencyCode: "USD"))
         #expect(throws: DecodingError.self) {
-            try JSONDecoder().decode(AccessAnswer.self, from: Data(#"{"CustomerNumber":"C1"}"#.utf8))
+            try JSONDecoder().decode(CommerceContext.self, from: Data(#"{"CustomerNumber":"C1"}"#.utf8))
         }
     }
 }
