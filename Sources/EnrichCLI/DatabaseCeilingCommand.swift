@@ -52,7 +52,7 @@ struct DatabaseCeilingCommand: AsyncParsableCommand {
         let context = CommerceContext(customerNumber: "CN-1", priceTier: "Retail", currencyCode: "USD")
         var total = 0
         while true {
-            let items = try await queue.claim(owner: owner, limit: batch, lease: .seconds(120))
+            let items = try await queue.claim(owner: owner, limit: batch, lease: .seconds(120)).items
             if items.isEmpty { return total }
             _ = try await queue.complete(items.map { Completion(item: $0, context: context) }, owner: owner)
             total += items.count

@@ -1,3 +1,4 @@
+import EnrichJobs
 import ArgumentParser
 import EnrichQueue
 import Foundation

@@ -19,14 +19,8 @@ public func exitCode(for error: any Error) -> Int32 {
             return EnrichExitCode.configuration
         }
         return EnrichExitCode.failure
-    case let error as any ExitCodeProviding: return error.exitCode
     default: return EnrichExitCode.failure
     }
-}
-
-/// Errors of later layers (worker, API) that know their own exit code.
-public protocol ExitCodeProviding: Error {
-    var exitCode: Int32 { get }
 }
 
 /// Runs a subcommand body: prints any error as one `enrich: error: ...` line (descriptions are secret-free by
@@ -40,8 +34,17 @@ func reportingErrors(_ body: () async throws -> Int32) async throws {
     } catch let error as ValidationError {
         throw error
     } catch {
-        printError("enrich: error: \(error)")
+        printError("enrich: error: \(message(for: error))")
         throw ExitCode(exitCode(for: error))
     }
     if code != EnrichExitCode.success { throw ExitCode(code) }
+}
+
+/// The line printed for `error`: its (secret-free) description, with what the user should do where the
+/// library only reports what happened.
+func message(for error: any Error) -> String {
+    if let error = error as? DatabaseError, error.code == .schemaNotMigrated {
+        return "\(error). Run `enrich migrate` first."
+    }
+    return "\(error)"
 }

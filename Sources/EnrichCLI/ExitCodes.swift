@@ -18,8 +18,6 @@ public enum EnrichExitCode {
     public static let interrupted: Int32 = 6
     /// `status --check` found a problem (failed, stuck or too old last run).
     public static let checkFailed: Int32 = 7
-    /// Invalid command-line usage (ArgumentParser's EX_USAGE).
-    public static let usage: Int32 = 64
 
     /// The text for `--help` and README.
     public static let helpText = """

@@ -89,7 +89,7 @@ public struct DatabaseError: Error, CustomStringConvertible, Sendable {
                 if let state = info[.sqlState] { text += " (SQLSTATE \(state))" }
                 if let detail = info[.detail] { text += ": \(detail)" }
                 if info[.sqlState] == "42P01" || info[.sqlState] == "3F000" {
-                    return DatabaseError(.schemaNotMigrated, text + ". Run `enrich migrate` first.")
+                    return DatabaseError(.schemaNotMigrated, text)
                 }
                 return DatabaseError(.queryFailed, text, sqlState: info[.sqlState])
             }

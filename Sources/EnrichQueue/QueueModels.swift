@@ -38,6 +38,19 @@ public struct LeasedItem: Hashable, Sendable {
     }
 }
 
+/// What a claim leased, and how many rows it failed instead (taken over too often).
+public struct Claimed: Sendable {
+    /// The rows now leased to the claimer, by id.
+    public var items: [LeasedItem]
+    /// Rows the claim marked `failed` instead of handing them out.
+    public var failed: Int
+
+    public init(items: [LeasedItem], failed: Int) {
+        self.items = items
+        self.failed = failed
+    }
+}
+
 /// A successful call, to be written back.
 public struct Completion: Sendable {
     public var item: LeasedItem

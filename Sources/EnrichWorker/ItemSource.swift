@@ -122,8 +122,8 @@ actor ItemSource {
                 continue
             }
             let (queue, owner, runID, configuration) = (self.queue, self.owner, self.runID, self.configuration)
-            let (items, failed) = try await database.run("claim rows") {
-                try await queue.claimCounting(
+            let claimed = try await database.run("claim rows") {
+                try await queue.claim(
                     owner: owner,
                     limit: limit,
                     lease: configuration.lease,
@@ -132,6 +132,7 @@ actor ItemSource {
                     maxTakeovers: configuration.maxTakeovers
                 )
             }
+            let (items, failed) = (claimed.items, claimed.failed)
             if failed > 0 {
                 // Taken over from stalled workers too often: failed by this run's claim.
                 statistics.recordWritten(done: 0, failed: failed, retried: 0)

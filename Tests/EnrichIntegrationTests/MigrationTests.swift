@@ -35,7 +35,7 @@ struct MigrationTests {
         }
     }
 
-    @Test("using the queue before migrating says to run enrich migrate")
+    @Test("using the queue before migrating is a typed schema-not-migrated error naming the missing table")
     func unmigratedSchemaIsExplained() async throws {
         let configuration = try DatabaseConfiguration(
             url: try TestDatabase.url(),
@@ -44,7 +44,7 @@ struct MigrationTests {
         try await Database.withDatabase(configuration, logger: TestDatabase.logger) { database in
             let error = await #expect(throws: DatabaseError.self) { try await Queue(database: database).counts() }
             #expect(error?.code == .schemaNotMigrated)
-            #expect(error?.description.contains("enrich migrate") == true)
+            #expect(error?.description.contains("queue_summary") == true, "\(error?.description ?? "")")
         }
     }
 }

@@ -26,7 +26,7 @@ struct QueueTests {
         let again = try await enqueue(queue, Self.pairs(100) + Self.pairs(10))
         #expect(again == EnqueueSummary(read: 110, inserted: 0, requeued: 0, alreadyQueued: 110))
 
-        let claimed = try await queue.claim(owner: "w1", limit: 10, lease: .seconds(60))
+        let claimed = try await queue.claim(owner: "w1", limit: 10, lease: .seconds(60)).items
         #expect(claimed.count == 10)
         let whileRunning = try await enqueue(queue, claimed.map(\.pair))
         #expect(whileRunning.alreadyQueued == 10)
@@ -50,7 +50,7 @@ struct QueueTests {
                     group.addTask {
                         var mine: [Int64] = []
                         while true {
-                            let batch = try await queue.claim(owner: "w\(worker)", limit: 17, lease: .seconds(60))
+                            let batch = try await queue.claim(owner: "w\(worker)", limit: 17, lease: .seconds(60)).items
                             if batch.isEmpty { return mine }
                             mine += batch.map(\.id)
                         }
@@ -70,10 +70,10 @@ struct QueueTests {
     func expiredLeaseIsReclaimedAndStaleOwnerIsFenced() async throws {
         let queue = Queue(database: try TestDatabase.require())
         _ = try await enqueue(queue, Self.pairs(5))
-        let stale = try await queue.claim(owner: "crashed", limit: 5, lease: .milliseconds(1))
+        let stale = try await queue.claim(owner: "crashed", limit: 5, lease: .milliseconds(1)).items
         #expect(stale.count == 5)
         try await Task.sleep(for: .milliseconds(20))
-        let reclaimed = try await queue.claim(owner: "rescuer", limit: 10, lease: .seconds(60))
+        let reclaimed = try await queue.claim(owner: "rescuer", limit: 10, lease: .seconds(60)).items
         #expect(reclaimed.map(\.id) == stale.map(\.id))
         // A takeover is a new claim (the fence moves on) but not an attempt: no call's outcome was written.
         #expect(reclaimed.allSatisfy { $0.attempt == 1 && $0.claim == 2 })
@@ -111,12 +111,12 @@ struct QueueTests {
         let database = try TestDatabase.require()
         let queue = Queue(database: database)
         _ = try await enqueue(queue, Self.pairs(3), maxAttempts: 1)
-        _ = try await queue.claim(owner: "crashed", limit: 3, lease: .milliseconds(1))
+        _ = try await queue.claim(owner: "crashed", limit: 3, lease: .milliseconds(1)).items
         try await Task.sleep(for: .milliseconds(20))
-        let first = try await queue.claimCounting(owner: "second", limit: 3, lease: .milliseconds(1), maxTakeovers: 1)
+        let first = try await queue.claim(owner: "second", limit: 3, lease: .milliseconds(1), maxTakeovers: 1)
         #expect(first.items.count == 3 && first.failed == 0, "the first takeover is allowed")
         try await Task.sleep(for: .milliseconds(20))
-        let next = try await queue.claimCounting(owner: "third", limit: 3, lease: .seconds(60), maxTakeovers: 1)
+        let next = try await queue.claim(owner: "third", limit: 3, lease: .seconds(60), maxTakeovers: 1)
         #expect(next.items.isEmpty && next.failed == 3, "the claim says how many it failed")
         #expect(try await queue.exactCounts() == QueueCounts(failed: 3))
         let rows = try await database.client.query(
@@ -137,11 +137,11 @@ struct QueueTests {
         let queue = Queue(database: try TestDatabase.require())
         _ = try await enqueue(queue, Self.pairs(4), maxAttempts: 1)
         for cycle in 1...5 {
-            let held = try await queue.claim(owner: "worker-\(cycle)", limit: 4, lease: .milliseconds(1))
+            let held = try await queue.claim(owner: "worker-\(cycle)", limit: 4, lease: .milliseconds(1)).items
             #expect(held.count == 4 && held.allSatisfy { $0.attempt == 1 }, "cycle \(cycle)")
             try await Task.sleep(for: .milliseconds(20))
         }
-        let last = try await queue.claim(owner: "survivor", limit: 4, lease: .seconds(60))
+        let last = try await queue.claim(owner: "survivor", limit: 4, lease: .seconds(60)).items
         #expect(last.count == 4 && last.allSatisfy { $0.attempt == 1 && $0.claim == 6 })
         let context = CommerceContext(customerNumber: "C", priceTier: nil, currencyCode: nil)
         let written = try await queue.complete(last.map { Completion(item: $0, context: context) }, owner: "survivor")
@@ -154,7 +154,7 @@ struct QueueTests {
         let database = try TestDatabase.require()
         let queue = Queue(database: database)
         _ = try await enqueue(queue, Self.pairs(3))
-        let items = try await queue.claim(owner: "w", limit: 2, lease: .seconds(60))
+        let items = try await queue.claim(owner: "w", limit: 2, lease: .seconds(60)).items
         let contexts = [
             CommerceContext(customerNumber: "CN-1", priceTier: "Wholesale", currencyCode: "USD"),
             CommerceContext(customerNumber: nil, priceTier: nil, currencyCode: nil),
@@ -181,7 +181,7 @@ struct QueueTests {
         let database = try TestDatabase.require()
         let queue = Queue(database: database)
         _ = try await enqueue(queue, Self.pairs(2), maxAttempts: 2)
-        var items = try await queue.claim(owner: "w", limit: 2, lease: .seconds(60))
+        var items = try await queue.claim(owner: "w", limit: 2, lease: .seconds(60)).items
         let outcome = try await queue.fail(
             [
                 Failure(item: items[0], reason: "HTTP 503", retryAfter: .seconds(2)),
@@ -191,11 +191,11 @@ struct QueueTests {
         )
         #expect(outcome.written == 2 && outcome.failedPermanently == 1)
         #expect(
-            try await queue.claim(owner: "w", limit: 2, lease: .seconds(60)).isEmpty,
+            try await queue.claim(owner: "w", limit: 2, lease: .seconds(60)).items.isEmpty,
             "not available before its delay"
         )
         try await Task.sleep(for: .milliseconds(2_100))
-        items = try await queue.claim(owner: "w", limit: 2, lease: .seconds(60))
+        items = try await queue.claim(owner: "w", limit: 2, lease: .seconds(60)).items
         try #require(items.count == 1)
         #expect(items[0].attempt == 2)
         let last = try await queue.fail(
@@ -217,10 +217,10 @@ struct QueueTests {
     func releaseRefundsTheAttempt() async throws {
         let queue = Queue(database: try TestDatabase.require())
         _ = try await enqueue(queue, Self.pairs(4))
-        let items = try await queue.claim(owner: "w", limit: 4, lease: .seconds(60))
+        let items = try await queue.claim(owner: "w", limit: 4, lease: .seconds(60)).items
         #expect(try await queue.release(items, owner: "other").written == 0, "only the owner can release")
         #expect(try await queue.release(items, owner: "w").written == 4)
-        let again = try await queue.claim(owner: "w", limit: 4, lease: .seconds(60))
+        let again = try await queue.claim(owner: "w", limit: 4, lease: .seconds(60)).items
         #expect(again.allSatisfy { $0.attempt == 1 })
         #expect(try await queue.extendLeases(owner: "w", lease: .seconds(120)) == 4)
     }
@@ -229,7 +229,7 @@ struct QueueTests {
     func countsMatchAFullScan() async throws {
         let queue = Queue(database: try TestDatabase.require())
         _ = try await enqueue(queue, Self.pairs(25_000))
-        let items = try await queue.claim(owner: "w", limit: 300, lease: .seconds(60))
+        let items = try await queue.claim(owner: "w", limit: 300, lease: .seconds(60)).items
         _ = try await queue.complete(
             items.prefix(100).map {
                 Completion(item: $0, context: CommerceContext(customerNumber: nil, priceTier: nil, currencyCode: nil))

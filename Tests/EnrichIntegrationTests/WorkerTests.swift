@@ -101,9 +101,9 @@ struct WorkerTests {
         let database = try TestDatabase.require()
         try await WorkerHarness.enqueue(WorkerHarness.pairs(10), into: database, maxAttempts: 1)
         let queue = Queue(database: database)
-        _ = try await queue.claim(owner: "crashed", limit: 4, lease: .milliseconds(1))
+        _ = try await queue.claim(owner: "crashed", limit: 4, lease: .milliseconds(1)).items
         try await Task.sleep(for: .milliseconds(20))
-        _ = try await queue.claim(owner: "crashed again", limit: 4, lease: .milliseconds(1))
+        _ = try await queue.claim(owner: "crashed again", limit: 4, lease: .milliseconds(1)).items
         try await Task.sleep(for: .milliseconds(20))
         try await withSimulatorClient { _, client in
             let report = try await WorkerHarness.run(

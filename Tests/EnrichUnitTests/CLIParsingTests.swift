@@ -1,4 +1,5 @@
 import ArgumentParser
+import EnrichQueue
 import Foundation
 import NymbleSimulator
 import Testing
@@ -66,5 +67,12 @@ struct CLIParsingTests {
             try EnrichCommand.parseAsRoot(["enqueue", "a.csv", "--from-sql", "SELECT 1, 2"])
         }
         #expect(throws: Never.self) { try EnrichCommand.parseAsRoot(["enqueue", "-"]) }
+    }
+
+    @Test("the command line adds what to do to a library's error: an unmigrated schema says to run enrich migrate")
+    func unmigratedSchemaAdvice() {
+        let error = DatabaseError(.schemaNotMigrated, "count rows failed: relation \"x.queue_summary\" does not exist")
+        #expect(message(for: error) == "count rows failed: relation \"x.queue_summary\" does not exist. Run `enrich migrate` first.")
+        #expect(message(for: DatabaseError(.queryFailed, "boom")) == "boom")
     }
 }

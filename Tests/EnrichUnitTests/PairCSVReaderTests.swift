@@ -1,3 +1,4 @@
+import EnrichJobs
 import EnrichQueue
 import Foundation
 import Testing

@@ -1,3 +1,4 @@
+import EnrichQueue
 import Foundation
 
 /// Streams `(OrganizationId, UserId)` pairs from a CSV file with the header `OrganizationId,UserId`.

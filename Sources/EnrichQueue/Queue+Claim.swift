@@ -1,0 +1,97 @@
+import PostgresNIO
+
+extension Queue {
+    /// Takeovers a row may have before it is failed (a row that keeps stopping its worker).
+    public static let defaultMaxTakeovers: Int32 = 10
+
+    /// The reason written on a row failed for too many takeovers.
+    static func takeoverReason(_ takeovers: String) -> String {
+        "taken over from a stopped worker \(takeovers) times: it may be what stops the workers (see their logs)"
+    }
+
+    /// Leases up to `limit` rows in one statement: the oldest available `pending` rows plus any `running`
+    /// rows whose lease expired (a stalled or crashed worker's). Each claimed row gets `claims + 1` (the
+    /// fence of this claim), this owner and a lease until now + `lease`; its `attempts` are untouched, since
+    /// they count calls. Rows locked by a concurrent claimer are skipped, never shared.
+    ///
+    /// A row taken over from an expired lease counts a takeover; one taken over more than `maxTakeovers`
+    /// times (it may be what stops its workers) is marked `failed` instead of being handed out again, and
+    /// counted in ``Claimed/failed`` so that the run can count it.
+    public func claim(
+        owner: String,
+        limit: Int,
+        lease: Duration,
+        runID: Int64? = nil,
+        maxAttempts: Int32? = nil,
+        maxTakeovers: Int32 = Queue.defaultMaxTakeovers
+    ) async throws -> Claimed {
+        let limit = Int32(clamping: limit)
+        let reasonPrefix = Self.takeoverReason("{n}")
+        let rows = try await database.query(
+            "claim",
+            """
+            WITH expired AS MATERIALIZED (
+                SELECT id FROM \(unescaped: schema).queue_items
+                WHERE state = 'running' AND lease_expires_at < now()
+                ORDER BY lease_expires_at
+                LIMIT \(limit)
+                FOR UPDATE SKIP LOCKED
+            ), fresh AS MATERIALIZED (
+                SELECT id FROM \(unescaped: schema).queue_items
+                WHERE state = 'pending' AND available_at <= now()
+                ORDER BY available_at, id
+                LIMIT \(limit)
+                FOR UPDATE SKIP LOCKED
+            ), picked AS (
+                SELECT id, true AS reclaimed FROM expired
+                UNION ALL
+                SELECT id, false AS reclaimed FROM fresh
+                LIMIT \(limit)
+            ), decided AS (
+                SELECT item.id, picked.reclaimed, picked.reclaimed AND item.takeovers >= \(maxTakeovers) AS exhausted
+                FROM picked JOIN \(unescaped: schema).queue_items AS item ON item.id = picked.id
+            )
+            UPDATE \(unescaped: schema).queue_items AS item SET
+                state = CASE WHEN decided.exhausted THEN 'failed' ELSE 'running' END,
+                claims = item.claims + 1,
+                takeovers = item.takeovers + CASE WHEN decided.reclaimed THEN 1 ELSE 0 END,
+                max_attempts = COALESCE(\(maxAttempts)::integer, item.max_attempts),
+                lease_owner = CASE WHEN decided.exhausted THEN NULL ELSE \(owner) END,
+                lease_expires_at = CASE WHEN decided.exhausted THEN NULL
+                    ELSE now() + make_interval(secs => \(lease.inSeconds)) END,
+                last_error = CASE WHEN decided.exhausted
+                    THEN replace(\(reasonPrefix), '{n}', (item.takeovers + 1)::text)
+                    ELSE item.last_error END,
+                job_run_id = COALESCE(\(runID)::bigint, item.job_run_id),
+                updated_at = now()
+            FROM decided
+            WHERE item.id = decided.id
+            RETURNING item.id, item.organization_id, item.user_id, item.attempts, item.claims, item.max_attempts,
+                decided.exhausted
+            """
+        )
+        var items: [LeasedItem] = []
+        var failed = 0
+        items.reserveCapacity(rows.count)
+        for row in rows {
+            let (id, organization, user, attempts, claim, maxAttempts, exhausted) = try row.decode(
+                (Int64, String, String, Int32, Int32, Int32, Bool).self
+            )
+            if exhausted {
+                failed += 1
+                continue
+            }
+            items.append(
+                LeasedItem(
+                    id: id,
+                    pair: Pair(organizationId: organization, userId: user),
+                    attempt: attempts + 1,
+                    claim: claim,
+                    maxAttempts: maxAttempts
+                )
+            )
+        }
+        items.sort { $0.id < $1.id }
+        return Claimed(items: items, failed: failed)
+    }
+}

@@ -1,0 +1,75 @@
+import PostgresNIO
+
+extension Queue {
+
+    /// Row counts by state from the trigger-maintained counters: constant time however long the queue.
+    public func counts() async throws -> QueueCounts {
+        let rows = try await database.query("count rows", "SELECT state, items FROM \(unescaped: schema).queue_summary")
+        return try Self.counts(from: rows)
+    }
+
+    /// Row counts by a full scan of the queue table; slow on big queues, used to cross-check ``counts()``.
+    public func exactCounts() async throws -> QueueCounts {
+        let rows = try await database.query(
+            "count rows",
+            "SELECT state, count(*) FROM \(unescaped: schema).queue_items GROUP BY state"
+        )
+        return try Self.counts(from: rows)
+    }
+
+    /// Folds the counters' appended deltas into one row per state (the worker calls this periodically).
+    public func compactCounts() async throws {
+        try await database.query("compact counters", "SELECT \(unescaped: schema).compact_queue_counts()")
+    }
+
+    /// Pending rows that are available now (what a run still has to do).
+    public func availableCount() async throws -> Int64 {
+        let rows = try await database.query(
+            "count available rows",
+            "SELECT count(*) FROM \(unescaped: schema).queue_items WHERE state = 'pending' AND available_at <= now()"
+        )
+        return try rows.first?.decode(Int64.self) ?? 0
+    }
+
+    private static func counts(from rows: [PostgresRow]) throws -> QueueCounts {
+        var counts = QueueCounts()
+        for row in rows {
+            let (state, count) = try row.decode((String, Int64).self)
+            if let state = ItemState(rawValue: state) { counts[state] = count }
+        }
+        return counts
+    }
+
+    /// The LISTEN/NOTIFY channel on which new pending rows are announced.
+    public var notificationChannel: String { "enrich_" + database.configuration.schema }
+
+    /// When the queue may next have work for a claimer: the earliest of the next `pending` row's available
+    /// time and the next `running` row's lease expiry (a crashed worker's rows are reclaimed then). nil when
+    /// no row is pending or running: the queue is settled. Both minimums come from partial indexes.
+    public func nextWorkDelay() async throws -> Duration? {
+        let rows = try await database.query(
+            "look for pending rows",
+            """
+            SELECT (CASE WHEN next IS NULL THEN NULL
+                ELSE GREATEST(0, EXTRACT(EPOCH FROM (next - now()))) END)::float8
+            FROM (SELECT least(
+                (SELECT min(available_at) FROM \(unescaped: schema).queue_items WHERE state = 'pending'),
+                (SELECT min(lease_expires_at) FROM \(unescaped: schema).queue_items WHERE state = 'running')
+            ) AS next) AS soonest
+            """
+        )
+        guard let seconds = try rows.first?.decode(Double?.self) else { return nil }
+        return .milliseconds(Int64((seconds * 1000).rounded(.up)))
+    }
+
+    /// Runs `onNotification` for every announcement of new pending rows until the task is cancelled.
+    /// Holds one pooled connection for as long as it listens.
+    public func listenForNewWork(_ onNotification: @Sendable () -> Void) async throws {
+        let channel = notificationChannel
+        try await database.client.withConnection { connection in
+            try await connection.listen(on: channel) { notifications in
+                for try await _ in notifications { onNotification() }
+            }
+        }
+    }
+}
