@@ -94,7 +94,9 @@ let package = Package(
         // The one shared login token: single-flight login, refresh-ahead, login pacing.
         .target(
             name: "EnrichToken",
-            dependencies: ["EnrichCore", "NymbleAPI", "EnrichThrottle", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "EnrichCore", "NymbleAPI", "EnrichThrottle", .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: swiftSettings
         ),
         // Rate control: the adaptive (AIMD) throttle for 429s and retry backoff with full jitter.
@@ -121,6 +123,7 @@ let package = Package(
             dependencies: [
                 "EnrichCore", "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "EnrichWorker", "EnrichCLI",
                 "EnrichJobs",
+                .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -1,5 +1,5 @@
-import EnrichCore
 import ArgumentParser
+import EnrichCore
 import EnrichQueue
 import EnrichThrottle
 import EnrichWorker

@@ -1,5 +1,5 @@
-import EnrichJobs
 import ArgumentParser
+import EnrichJobs
 import EnrichQueue
 import Foundation
 

@@ -168,7 +168,7 @@ struct RunInvocation {
         let worker = Worker(
             configuration: settings.worker,
             database: database,
-            client: client,
+            api: client,
             tokens: store,
             logger: logger,
             metrics: metrics,

@@ -1,87 +1,104 @@
 import PostgresNIO
 
 extension Queue {
-
-    /// Writes the commerce context of each completion and marks the rows `done`.
-    /// Rows this owner no longer holds (same attempt) are left untouched and reported in `staleIDs`.
-    public func complete(_ completions: [Completion], owner: String) async throws -> WriteOutcome {
-        guard !completions.isEmpty else { return WriteOutcome() }
-        var ids: [Int64] = []
-        var claims: [Int32] = []
-        var customers: [String] = []
-        var tiers: [String] = []
-        var currencies: [String] = []
+    /// Writes a batch of results back in **one statement** (so all of it or none of it is written): the
+    /// commerce context of each completion (row `done`), each failure (row `failed` when permanent or out
+    /// of attempts, else back to `pending` after its delay) and each release (back to `pending` after its
+    /// delay, without an attempt). Every completion and failure counts the call in `attempts`.
+    ///
+    /// Rows this owner no longer holds under the same claim are left untouched and reported stale.
+    public func writeBack(_ batch: WriteBackBatch, owner: String) async throws -> WriteBackOutcome {
+        guard !batch.isEmpty else { return WriteBackOutcome() }
+        let done = batch.completions
+        let failures = batch.failures
+        let releases = batch.releases
         // Bound arrays cannot carry NULL elements, so each nullable column travels with a presence mask.
-        var hasCustomer: [Bool] = []
-        var hasTier: [Bool] = []
-        var hasCurrency: [Bool] = []
-        for completion in completions {
-            ids.append(completion.item.id)
-            claims.append(completion.item.claim)
-            customers.append(completion.context.customerNumber ?? "")
-            hasCustomer.append(completion.context.customerNumber != nil)
-            tiers.append(completion.context.priceTier ?? "")
-            hasTier.append(completion.context.priceTier != nil)
-            currencies.append(completion.context.currencyCode ?? "")
-            hasCurrency.append(completion.context.currencyCode != nil)
-        }
-        let rows = try await database.query(
-            "write back completions",
-            """
-            UPDATE \(unescaped: schema).queue_items AS item SET
-                state = 'done', attempts = item.attempts + 1,
-                customer_number = CASE WHEN done.has_customer THEN done.customer END,
-                price_tier = CASE WHEN done.has_tier THEN done.tier END,
-                currency_code = CASE WHEN done.has_currency THEN done.currency END,
-                enriched_at = now(), last_error = NULL,
-                lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-            FROM unnest(\(ids)::bigint[], \(claims)::integer[], \(customers)::text[], \(hasCustomer)::bool[],
-                        \(tiers)::text[], \(hasTier)::bool[], \(currencies)::text[], \(hasCurrency)::bool[])
-                AS done(id, claim, customer, has_customer, tier, has_tier, currency, has_currency)
-            WHERE item.id = done.id AND item.claims = done.claim
-                AND item.state = 'running' AND item.lease_owner = \(owner)
-            RETURNING item.id
-            """
-        )
-        return try outcome(sent: ids, writtenRows: rows)
-    }
-
-    /// Records failures. A permanent failure (or one that used the last attempt) makes the row `failed`
-    /// with its reason; otherwise the row goes back to `pending`, available again after `retryAfter`.
-    public func fail(_ failures: [Failure], owner: String) async throws -> WriteOutcome {
-        guard !failures.isEmpty else { return WriteOutcome() }
-        let ids = failures.map(\.item.id)
-        let claims = failures.map(\.item.claim)
+        let customers = done.map { $0.context.customerNumber ?? "" }
+        let tiers = done.map { $0.context.priceTier ?? "" }
+        let currencies = done.map { $0.context.currencyCode ?? "" }
         // PostgreSQL text cannot hold NUL; an API's error excerpt might.
         let reasons = failures.map { String($0.reason.replacingOccurrences(of: "\u{0}", with: "").prefix(2000)) }
-        let permanent = failures.map { $0.retryAfter == nil }
-        let delays = failures.map { $0.retryAfter?.inSeconds ?? 0 }
-        let rows = try await database.query(
-            "record failures",
+        let query: PostgresQuery = """
+            WITH done AS (
+                UPDATE \(unescaped: schema).queue_items AS item SET
+                    state = 'done', attempts = item.attempts + 1,
+                    customer_number = CASE WHEN d.has_customer THEN d.customer END,
+                    price_tier = CASE WHEN d.has_tier THEN d.tier END,
+                    currency_code = CASE WHEN d.has_currency THEN d.currency END,
+                    enriched_at = now(), last_error = NULL,
+                    lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+                FROM unnest(\(done.map(\.item.id))::bigint[], \(done.map(\.item.claim))::integer[],
+                            \(customers)::text[], \(done.map { $0.context.customerNumber != nil })::bool[],
+                            \(tiers)::text[], \(done.map { $0.context.priceTier != nil })::bool[],
+                            \(currencies)::text[], \(done.map { $0.context.currencyCode != nil })::bool[])
+                    AS d(id, claim, customer, has_customer, tier, has_tier, currency, has_currency)
+                WHERE item.id = d.id AND item.claims = d.claim
+                    AND item.state = 'running' AND item.lease_owner = \(owner)
+                RETURNING item.id
+            ), failed AS (
+                UPDATE \(unescaped: schema).queue_items AS item SET
+                    state = CASE WHEN f.permanent OR item.attempts + 1 >= item.max_attempts
+                        THEN 'failed' ELSE 'pending' END,
+                    attempts = item.attempts + 1,
+                    available_at = CASE WHEN f.permanent OR item.attempts + 1 >= item.max_attempts
+                        THEN item.available_at ELSE now() + make_interval(secs => f.delay) END,
+                    last_error = f.reason,
+                    lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+                FROM unnest(\(failures.map(\.item.id))::bigint[], \(failures.map(\.item.claim))::integer[],
+                            \(reasons)::text[], \(failures.map { $0.retryAfter == nil })::bool[],
+                            \(failures.map { $0.retryAfter?.inSeconds ?? 0 })::float8[])
+                    AS f(id, claim, reason, permanent, delay)
+                WHERE item.id = f.id AND item.claims = f.claim
+                    AND item.state = 'running' AND item.lease_owner = \(owner)
+                RETURNING item.id, item.state = 'failed' AS for_good
+            ), released AS (
+                UPDATE \(unescaped: schema).queue_items AS item SET
+                    state = 'pending', available_at = now() + make_interval(secs => r.delay),
+                    lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+                FROM unnest(\(releases.map(\.item.id))::bigint[], \(releases.map(\.item.claim))::integer[],
+                            \(releases.map(\.after.inSeconds))::float8[])
+                    AS r(id, claim, delay)
+                WHERE item.id = r.id AND item.claims = r.claim
+                    AND item.state = 'running' AND item.lease_owner = \(owner)
+                RETURNING item.id
+            )
+            SELECT 0, id, false FROM done
+            UNION ALL SELECT 1, id, for_good FROM failed
+            UNION ALL SELECT 2, id, false FROM released
             """
-            UPDATE \(unescaped: schema).queue_items AS item SET
-                state = CASE WHEN failure.permanent OR item.attempts + 1 >= item.max_attempts
-                    THEN 'failed' ELSE 'pending' END,
-                attempts = item.attempts + 1,
-                available_at = CASE WHEN failure.permanent OR item.attempts + 1 >= item.max_attempts
-                    THEN item.available_at ELSE now() + make_interval(secs => failure.delay) END,
-                last_error = failure.reason,
-                lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-            FROM unnest(\(ids)::bigint[], \(claims)::integer[], \(reasons)::text[], \(permanent)::bool[],
-                        \(delays)::float8[])
-                AS failure(id, claim, reason, permanent, delay)
-            WHERE item.id = failure.id AND item.claims = failure.claim
-                AND item.state = 'running' AND item.lease_owner = \(owner)
-            RETURNING item.id, item.state = 'failed'
-            """
-        )
-        var outcome = try outcome(sent: ids, writtenRows: rows)
-        for row in rows where try row.decode((Int64, Bool).self).1 { outcome.failedPermanently += 1 }
+        let rows = try await database.query("write back results", query)
+        var outcome = WriteBackOutcome()
+        var written = Set<Int64>()
+        for row in rows {
+            let (kind, id, forGood) = try row.decode((Int32, Int64, Bool).self)
+            written.insert(id)
+            switch kind {
+            case 0: outcome.done += 1
+            case 1: if forGood { outcome.failedForGood += 1 } else { outcome.retried += 1 }
+            default: outcome.released += 1
+            }
+        }
+        outcome.staleIDs = batch.ids.filter { !written.contains($0) }
         return outcome
     }
 
-    /// Hands held rows back to `pending` without counting the attempt: for rows claimed but never called
-    /// (shutdown), or deferred for a reason that is not the row's fault (429, token renewal).
+    /// Writes completions back (see ``writeBack(_:owner:)``).
+    public func complete(_ completions: [Completion], owner: String) async throws -> WriteOutcome {
+        let outcome = try await writeBack(WriteBackBatch(completions: completions), owner: owner)
+        return WriteOutcome(written: outcome.done, staleIDs: outcome.staleIDs)
+    }
+
+    /// Records failures (see ``writeBack(_:owner:)``).
+    public func fail(_ failures: [Failure], owner: String) async throws -> WriteOutcome {
+        let outcome = try await writeBack(WriteBackBatch(failures: failures), owner: owner)
+        return WriteOutcome(
+            written: outcome.failedForGood + outcome.retried,
+            failedPermanently: outcome.failedForGood,
+            staleIDs: outcome.staleIDs
+        )
+    }
+
+    /// Hands held rows back to `pending` without counting an attempt (see ``writeBack(_:owner:)``).
     public func release(
         _ items: [LeasedItem],
         owner: String,
@@ -89,23 +106,9 @@ extension Queue {
     ) async throws
         -> WriteOutcome
     {
-        guard !items.isEmpty else { return WriteOutcome() }
-        let ids = items.map(\.id)
-        let claims = items.map(\.claim)
-        let rows = try await database.query(
-            "release rows",
-            """
-            UPDATE \(unescaped: schema).queue_items AS item SET
-                state = 'pending',
-                available_at = now() + make_interval(secs => \(delay.inSeconds)),
-                lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-            FROM unnest(\(ids)::bigint[], \(claims)::integer[]) AS held(id, claim)
-            WHERE item.id = held.id AND item.claims = held.claim
-                AND item.state = 'running' AND item.lease_owner = \(owner)
-            RETURNING item.id
-            """
-        )
-        return try outcome(sent: ids, writtenRows: rows)
+        let releases = items.map { Release(item: $0, after: delay) }
+        let outcome = try await writeBack(WriteBackBatch(releases: releases), owner: owner)
+        return WriteOutcome(written: outcome.released, staleIDs: outcome.staleIDs)
     }
 
     /// Pushes the lease expiry of rows still held by `owner` to now + `lease`; returns how many were extended.

@@ -80,6 +80,52 @@ public struct Failure: Sendable {
     }
 }
 
+/// A row handed back to `pending` without spending an attempt (shutdown, a 429 bound), available again
+/// after `after`.
+public struct Release: Sendable {
+    public var item: LeasedItem
+    public var after: Duration
+
+    public init(item: LeasedItem, after: Duration) {
+        self.item = item
+        self.after = after
+    }
+}
+
+/// Results to write back in one statement (``Queue/writeBack(_:owner:)``).
+public struct WriteBackBatch: Sendable {
+    public var completions: [Completion]
+    public var failures: [Failure]
+    public var releases: [Release]
+
+    public init(completions: [Completion] = [], failures: [Failure] = [], releases: [Release] = []) {
+        self.completions = completions
+        self.failures = failures
+        self.releases = releases
+    }
+
+    public var count: Int { completions.count + failures.count + releases.count }
+    public var isEmpty: Bool { count == 0 }
+    /// Every row of the batch.
+    public var ids: [Int64] { completions.map(\.item.id) + failures.map(\.item.id) + releases.map(\.item.id) }
+}
+
+/// What ``Queue/writeBack(_:owner:)`` did with a batch.
+public struct WriteBackOutcome: Sendable, Equatable {
+    /// Rows now `done`.
+    public var done = 0
+    /// Rows now `failed` for good (a permanent failure, or the last attempt).
+    public var failedForGood = 0
+    /// Rows back to `pending` for a later attempt.
+    public var retried = 0
+    /// Rows back to `pending` without an attempt spent.
+    public var released = 0
+    /// Rows not written: this worker no longer holds them (its lease expired and another took them).
+    public var staleIDs: [Int64] = []
+
+    public init() {}
+}
+
 /// What a batch write did: rows written, and rows refused because this worker no longer holds them.
 public struct WriteOutcome: Sendable, Equatable {
     /// Rows whose state this call changed.
@@ -150,4 +196,3 @@ public struct QueueCounts: Sendable, Equatable, Codable {
         }
     }
 }
-

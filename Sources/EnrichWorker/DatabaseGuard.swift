@@ -18,6 +18,8 @@ final class DatabaseGuard: Sendable {
         var warned = false
         /// Once the run is stopping, no statement may outlast this.
         var hardDeadline: ContinuousClock.Instant?
+        /// The budget was spent: from then on a statement gets one short try (the database may be back).
+        var gaveUp = false
     }
 
     private let state: Mutex<State>
@@ -44,15 +46,19 @@ final class DatabaseGuard: Sendable {
         var failures = 0
         while true {
             let started = ContinuousClock.now
-            let deadline = state.withLock { state in
-                let budget = state.budget.deadline(forStatementAt: started, minimum: minimumStatementTime)
-                return state.hardDeadline.map { min($0, budget) } ?? budget
+            let (deadline, gaveUp) = state.withLock { state in
+                let budget =
+                    state.gaveUp
+                    ? started + .milliseconds(500)
+                    : state.budget.deadline(forStatementAt: started, minimum: minimumStatementTime)
+                return (state.hardDeadline.map { min($0, budget) } ?? budget, state.gaveUp)
             }
             do {
                 let value = try await Database.$deadline.withValue(deadline) { try await body() }
                 state.withLock {
                     $0.budget.recordSuccess()
                     $0.warned = false
+                    $0.gaveUp = false
                 }
                 return value
             } catch {
@@ -60,7 +66,8 @@ final class DatabaseGuard: Sendable {
                 // A statement the server rejects for its content would fail forever: stop at once.
                 if let error = error as? DatabaseError, !error.isTransient { throw error }
                 let now = ContinuousClock.now
-                // The run is stopping and its time is up: no more retries.
+                // The run is stopping and its time is up, or the outage limit was reached: no more retries.
+                if gaveUp { throw error }
                 if let hard = state.withLock({ $0.hardDeadline }), now >= hard { throw error }
                 let (outage, firstWarning, retryBy) = state.withLock { state in
                     let outage = state.budget.recordFailure(startedAt: started, now: now)
@@ -68,6 +75,7 @@ final class DatabaseGuard: Sendable {
                     return (outage, !state.warned, state.budget.deadline(forStatementAt: now, minimum: .zero))
                 }
                 if let outage {
+                    state.withLock { $0.gaveUp = true }
                     let cause = await database.probe() ?? "\(error)"
                     throw WorkerError.databaseUnavailable(
                         server: database.configuration.description,

@@ -5,6 +5,16 @@ import EnrichToken
 import Logging
 import NymbleAPI
 
+/// What became of one claimed row.
+enum ItemResult: Sendable {
+    /// The API answered: write the commerce context back and mark the row done.
+    case done(Completion)
+    /// The call failed: permanently (400) or for a later attempt (5xx, timeout, ...).
+    case failed(Failure)
+    /// Not the row's fault (429 bound, shutdown): back to pending without spending an attempt.
+    case released(Release)
+}
+
 /// Calls `POST /api/auth/access` for one row and decides what becomes of it.
 ///
 /// - 200: the context is written back (nulls stay nulls).
@@ -18,11 +28,12 @@ import NymbleAPI
 ///   full-jitter backoff, and fails for good after its last attempt.
 /// - A login that cannot succeed (invalid credentials) is fatal for the run: ``process(_:)`` throws.
 struct ItemProcessor<C: Clock>: Sendable where C.Duration == Duration {
-    let client: NymbleClient
+    let api: any EnrichmentAPI
     let tokens: any TokenProvider
     let throttle: Throttle<C>
     let configuration: WorkerConfiguration
-    let statistics: RunStatistics
+    let accounting: RunAccounting
+    let clock: C
     let logger: Logger
 
     /// The row's outcome. Throws ``WorkerError`` only when no row can succeed (login failure).
@@ -30,73 +41,57 @@ struct ItemProcessor<C: Clock>: Sendable where C.Duration == Duration {
         var throttledRetries = 0
         var unauthorizedRetries = 0
         while true {
-            if Task.isCancelled { return .released(item, after: .zero) }
+            if Task.isCancelled { return .released(Release(item: item, after: .zero)) }
             let sentAt: C.Instant
             do {
                 sentAt = try await throttle.acquire()
             } catch {
-                return .released(item, after: .zero)  // cancelled while paced: shutdown grace ran out
+                return .released(Release(item: item, after: .zero))  // cancelled while paced: grace ran out
             }
             let issued: IssuedToken
             do {
                 issued = try await tokens.currentToken()
             } catch {
-                if Task.isCancelled { return .released(item, after: .zero) }
+                if Task.isCancelled { return .released(Release(item: item, after: .zero)) }
                 throw WorkerError.login(error)
             }
-            statistics.update { $0.calls += 1 }
+            let callStarted = clock.now
             let answer: CommerceContext
-            let callStarted = ContinuousClock.now
             do {
-                answer = try await client.access(
-                    organizationId: item.pair.organizationId,
-                    userId: item.pair.userId,
-                    token: issued.token
-                )
-                statistics.metrics.recordCall(nil, duration: callStarted.duration(to: .now))
+                answer = try await api.enrich(item.pair, token: issued.token)
+                accounting.called(nil, duration: callStarted.duration(to: clock.now))
             } catch {
-                statistics.metrics.recordCall(error.code, duration: callStarted.duration(to: .now))
-                if Task.isCancelled { return .released(item, after: .zero) }
+                accounting.called(error.code, duration: callStarted.duration(to: clock.now))
+                if Task.isCancelled { return .released(Release(item: item, after: .zero)) }
                 switch error.code {
                 case .rateLimited:
                     await throttle.throttled(sentAt: sentAt, retryAfter: error.retryAfter)
-                    statistics.update { $0.counters.throttled += 1 }
                     throttledRetries += 1
                     if throttledRetries > configuration.maximumThrottledRetries {
-                        return .released(item, after: error.retryAfter ?? configuration.retryBackoff.cap)
+                        return .released(Release(item: item, after: error.retryAfter ?? configuration.retryBackoff.cap))
                     }
                     continue
                 case .unauthorized:
                     await throttle.accepted()
                     await tokens.tokenRejected(issued)
-                    statistics.update { $0.unauthorized += 1 }
                     unauthorizedRetries += 1
                     if unauthorizedRetries > configuration.maximumUnauthorizedRetries {
-                        statistics.metrics.recordError("unauthorized")
+                        accounting.attemptFailed("unauthorized")
                         return retryLater(item, reason: "\(error) (still 401 after \(unauthorizedRetries) re-logins)")
                     }
                     continue
                 case .badRequest:
                     await throttle.accepted()
-                    statistics.metrics.recordError(RunMetrics.name(of: error.code))
+                    accounting.attemptFailed(RunMetrics.name(of: error.code))
                     return .failed(.permanent(item, reason: error.description))
                 default:
                     await throttle.accepted()
-                    statistics.metrics.recordError(RunMetrics.name(of: error.code))
+                    accounting.attemptFailed(RunMetrics.name(of: error.code))
                     return retryLater(item, reason: error.description)
                 }
             }
             await throttle.accepted()
-            return .done(
-                Completion(
-                    item: item,
-                    context: CommerceContext(
-                        customerNumber: answer.customerNumber,
-                        priceTier: answer.priceTier,
-                        currencyCode: answer.currencyCode
-                    )
-                )
-            )
+            return .done(Completion(item: item, context: answer))
         }
     }
 

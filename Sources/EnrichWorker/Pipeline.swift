@@ -4,322 +4,370 @@ import EnrichToken
 import Logging
 import ServiceLifecycle
 
-/// The tasks of one run and how they end. Everything runs in task groups scoped to ``run()``:
+/// One run's tasks and how they end, against any ``RunStore`` and ``EnrichmentAPI`` on any clock (the
+/// database and HTTP in production; in-memory edges and a manual clock in unit tests).
 ///
-/// - the writer, which outlives the workers so that their last results are written;
-/// - the claimer, heartbeat (job runs row, lease extension, counter compaction), LISTEN (follow mode),
-///   progress, and the graceful-shutdown watcher;
-/// - the worker tasks plus a grace timer that cancels in-flight calls once the shutdown grace is over.
+/// ```
+/// ClaimedRows ──▶ the processor loop ──one task per row, at most `concurrency`──▶ ResultBuffer ──▶ ResultWriter
+///  (claimer)       (for await row in rows)     ItemProcessor: throttle → token → API       (batches)   (store.write)
+/// Heartbeat · LeaseKeeper · new-work listener · progress · shutdown watcher · stop deadline   ─▶ RunAccounting
+/// ```
+///
+/// Stopping: SIGINT/SIGTERM (or a fatal error) ends the rows; calls in flight get the shutdown grace, then
+/// are cancelled (their rows released); rows claimed but not started are released; the writer writes what
+/// is left. Whatever is stuck, the stop deadline (grace + ``RunControl/stopMargin``) records the end and
+/// calls ``onStopDeadline``.
 struct Pipeline<C: Clock>: Sendable where C.Duration == Duration {
-    let configuration: WorkerConfiguration
     let runID: Int64
-    let owner: String
-    let progress: RunProgress
-    let liveness: RunLiveness
-    let queue: Queue
-    let jobRuns: JobRuns
+    let store: any RunStore
+    let api: any EnrichmentAPI
     let tokens: any TokenProvider
-    let source: ItemSource
-    let writer: ResultWriter
-    let throttle: Throttle<C>
-    let processor: ItemProcessor<C>
-    let statistics: RunStatistics
-    let control: RunControl
-    let database: DatabaseGuard
+    let configuration: WorkerConfiguration
+    let accounting: RunAccounting
+    let initialTotal: Int64
+    let clock: C
     let logger: Logger
-    let onProgress: (@Sendable (WorkerProgress) -> Void)?
+    var onProgress: (@Sendable (WorkerProgress) -> Void)? = nil
+    var onStopDeadline: (@Sendable (StuckStop) -> Void)? = nil
 
-    func run() async {
-        await withTaskGroup(of: Void.self) { outer in
-            outer.addTask { await writeResults() }
-            outer.addTask {
-                await withTaskGroup(of: Void.self) { services in
-                    services.addTask { await heartbeat() }
-                    services.addTask { await watchForShutdown() }
-                    if configuration.follow { services.addTask { await listen() } }
-                    if onProgress != nil { services.addTask { await reportProgress() } }
-                    await withTaskGroup(of: Void.self) { pipeline in
-                        pipeline.addTask { await claim() }
-                        await callAPI()
-                        // Stopped, not cancelled: a claim in flight completes, so its rows are released below
-                        // instead of staying leased to nobody.
-                        await source.stop()
-                    }
-                    services.cancelAll()
-                }
-                await writer.release(await source.takeUnstarted())
-                await writer.finish()
-            }
+    /// Runs to the end (drained, stopped or failed), records the end through the store, and reports it.
+    func run() async -> RunReport {
+        let started = clock.now
+        let control = RunControl(grace: configuration.shutdownGrace, clock: clock)
+        let throttle = Throttle(
+            configuration: .init(
+                controller: .init(maximumRate: configuration.rateLimit),
+                maximumPause: configuration.maximumPause
+            ),
+            clock: clock,
+            logger: logger
+        )
+        let parts = Parts(pipeline: self, control: control, throttle: throttle)
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await parts.runTasks() }
+            group.addTask { await parts.watchStopDeadline() }
+            await group.next()
+            group.cancelAll()
         }
-        await writer.flushRemaining()
-    }
-
-    // MARK: Tasks
-
-    private func writeResults() async {
+        if Task.isCancelled { control.interrupt() }
+        let logins = await tokens.loginCount()
+        var counters = accounting.snapshot.counters
+        counters.logins = Int64(logins)
+        let fatal = control.fatalError
+        let state: RunState = fatal != nil ? .failed : control.isInterrupted ? .interrupted : .succeeded
+        // Bounded: two seconds for a stopping run (inside its stop deadline: after an outage the database may
+        // still be away), ten for a finished one. A run left unrecorded is marked abandoned by the next.
+        let within = control.stopDeadline.map { min(clock.now.duration(to: $0) - .milliseconds(500), .seconds(2)) }
         do {
-            try await writer.run()
-        } catch is CancellationError {
-            control.interrupt()
-            await source.stop()
+            try await store.recordEnd(
+                RunEnd(state: state, counters: counters, lastError: fatal.map { "\($0)" }),
+                within: max(within ?? .seconds(10), .milliseconds(100))
+            )
         } catch {
-            await stop(fatal: error)
+            logger.error(
+                "could not record the end of the run; a later run will mark it abandoned",
+                metadata: ["error": "\(error)"]
+            )
         }
+        let counts = store.isFailing ? nil : try? await store.counts()
+        await accounting.metrics.refresh(counts: counts, logins: logins, rate: nil)
+        return RunReport(
+            runID: runID,
+            state: state,
+            statistics: accounting.snapshot,
+            logins: logins,
+            elapsed: started.duration(to: clock.now),
+            error: fatal
+        )
     }
 
-    private func claim() async {
-        do {
-            try await source.runClaimer()
-        } catch is CancellationError {
-            // Cancelled from outside: wake the worker tasks waiting for rows so that the groups can end.
-            control.interrupt()
-            await source.stop()
-        } catch {
-            await stop(fatal: error)
-        }
-    }
+    /// The parts of a running pipeline, built once per run.
+    fileprivate struct Parts: Sendable {
+        let pipeline: Pipeline
+        let control: RunControl<C>
+        let throttle: Throttle<C>
+        let ledger = RowLedger()
+        let rows: ClaimedRows<C>
+        let buffer: ResultBuffer
+        let writer: ResultWriter<C>
+        let processor: ItemProcessor<C>
+        let progress: RunProgress
 
-    /// The bounded task group: `concurrency` tasks each take the next row until there is none.
-    private func callAPI() async {
-        await withTaskGroup(of: Bool.self) { group in
-            for _ in 0..<configuration.concurrency {
+        var configuration: WorkerConfiguration { pipeline.configuration }
+        var logger: Logger { pipeline.logger }
+        var clock: C { pipeline.clock }
+
+        init(pipeline: Pipeline, control: RunControl<C>, throttle: Throttle<C>) {
+            self.pipeline = pipeline
+            self.control = control
+            self.throttle = throttle
+            let configuration = pipeline.configuration
+            rows = ClaimedRows(
+                store: pipeline.store,
+                ledger: ledger,
+                accounting: pipeline.accounting,
+                configuration: configuration,
+                clock: pipeline.clock,
+                logger: pipeline.logger
+            )
+            buffer = ResultBuffer(batchSize: configuration.writeBatch)
+            writer = ResultWriter(
+                buffer: buffer,
+                store: pipeline.store,
+                ledger: ledger,
+                accounting: pipeline.accounting,
+                configuration: configuration,
+                clock: pipeline.clock,
+                logger: pipeline.logger
+            )
+            processor = ItemProcessor(
+                api: pipeline.api,
+                tokens: pipeline.tokens,
+                throttle: throttle,
+                configuration: configuration,
+                accounting: pipeline.accounting,
+                clock: pipeline.clock,
+                logger: pipeline.logger
+            )
+            progress = RunProgress(initialTotal: pipeline.initialTotal)
+        }
+
+        /// The writer outlives everything else, so that the last results are written.
+        func runTasks() async {
+            let writerFailed = await withTaskGroup(of: Bool.self) { group in
+                group.addTask { await writeResults() }
                 group.addTask {
-                    await work()
+                    await withTaskGroup(of: Void.self) { services in
+                        services.addTask { await keep("heartbeat") { try await Heartbeat(parts: self).run() } }
+                        services.addTask { await keep("lease keeper") { try await LeaseKeeper(parts: self).run() } }
+                        services.addTask { await watchForShutdown() }
+                        if configuration.follow { services.addTask { await listen() } }
+                        if pipeline.onProgress != nil { services.addTask { await reportProgress() } }
+                        await withTaskGroup(of: Void.self) { work in
+                            work.addTask { await keep("claimer") { try await rows.runClaimer() } }
+                            await processRows()
+                            // Stopped, not cancelled: a claim in flight completes, its rows are released below.
+                            rows.stop()
+                        }
+                        services.cancelAll()
+                    }
+                    await writer.releaseUnstarted(rows.takeUnstarted())
+                    buffer.close()
                     return false
                 }
+                var failed = false
+                for await result in group { failed = failed || result }
+                return failed
             }
-            group.addTask {
-                // The grace timer: true when in-flight calls must be cancelled.
-                do {
-                    try await control.waitForStop()
-                    try await Task.sleep(for: configuration.shutdownGrace)
-                    return true
-                } catch {
-                    return false
+            if writerFailed { await writer.flushRemaining() }
+        }
+
+        /// The bounded task group: one child task per row, at most `concurrency` at a time, and the grace
+        /// timer that cancels the calls in flight once a stop's grace is over.
+        private func processRows() async {
+            await withTaskGroup(of: TaskEnded.self) { group in
+                group.addTask {
+                    do {
+                        try await control.waitForStop()
+                        try await clock.sleep(for: configuration.shutdownGrace)
+                        return .graceOver
+                    } catch {
+                        return .timerCancelled
+                    }
                 }
-            }
-            var running = configuration.concurrency
-            while let graceOver = await group.next() {
-                if graceOver {
-                    logger.warning(
-                        "shutdown grace over: cancelling in-flight calls; their rows are released",
-                        metadata: ["grace": "\(configuration.shutdownGrace)"]
-                    )
-                    group.cancelAll()
-                } else {
-                    running -= 1
-                    if running == 0 { group.cancelAll() }
+                var running = 0
+                func reap(_ ended: TaskEnded?) {
+                    switch ended {
+                    case .row: running -= 1
+                    case .graceOver:
+                        logger.warning(
+                            "shutdown grace over: cancelling in-flight calls; their rows are released",
+                            metadata: ["grace": "\(configuration.shutdownGrace)"]
+                        )
+                        group.cancelAll()
+                    case .timerCancelled, nil: break
+                    }
                 }
+                for await row in rows {
+                    while running >= configuration.concurrency { reap(await group.next()) }
+                    // A stop means no new call: a row taken just before it goes back unstarted.
+                    if control.stopDeadline != nil {
+                        buffer.add(.released(Release(item: row, after: .zero)))
+                        continue
+                    }
+                    group.addTask {
+                        await process(row)
+                        return .row
+                    }
+                    running += 1
+                }
+                while running > 0 { reap(await group.next()) }
+                group.cancelAll()
             }
         }
-    }
 
-    private func work() async {
-        while let item = await source.next() {
+        private func process(_ row: LeasedItem) async {
             do {
-                let result = try await processor.process(item)
-                await writer.submit(result)
+                buffer.add(try await processor.process(row))
             } catch {
-                await writer.submit(.released(item, after: .zero))
-                await stop(fatal: error)
-                return
+                buffer.add(.released(Release(item: row, after: .zero)))
+                stop(fatal: error)
             }
         }
-    }
 
-    /// Every heartbeat: proves the run alive (liveness lock, job runs row), takes over the rows of dead runs,
-    /// extends this run's leases, refreshes the progress total and the metrics, and watches for a stall.
-    private func heartbeat() async {
-        let compactionInterval = Duration.seconds(60)
-        var sinceCompaction = Duration.zero
-        var stall = StallWatch(warnAfter: configuration.stallWarning, stopAfter: configuration.stallTimeout)
-        while true {
+        /// Runs the writer; true when it gave up (the database stayed away past the outage limit).
+        private func writeResults() async -> Bool {
             do {
-                try await Task.sleep(for: configuration.heartbeatInterval)
-                if try await database.run("renew the liveness lock", { try await liveness.renew() }) {
-                    logger.notice("took the run's liveness lock again (its database session had ended)")
-                }
-                let (jobRuns, queue, runID, owner, configuration) = (jobRuns, queue, runID, owner, configuration)
-                let abandoned = try await database.run("take over the rows of dead runs") {
-                    try await jobRuns.abandonDeadRuns(
-                        excluding: runID,
-                        staleAfter: configuration.effectiveStaleAfter,
-                        markedBy: owner,
-                        maxTakeovers: configuration.maxTakeovers
-                    )
-                }
-                WorkerLog.abandoned(abandoned, logger: logger)
-                if abandoned.rowsFreed > 0 { source.demand.fire() }
-                let counts = try await database.run("count rows") { try await queue.counts() }
-                let snapshot = statistics.snapshot
-                let total = progress.update(finished: snapshot.finished, remaining: counts.pending + counts.running)
-                let held = await source.held
-                let stalled = stall.observe(
-                    held: held,
-                    settled: snapshot.settled,
-                    answers: snapshot.calls,
-                    waiting: await throttle.isPaused() || database.isFailing,
-                    interval: configuration.heartbeatInterval
-                )
-                var counters = snapshot.counters
-                counters.logins = Int64(await tokens.loginCount())
-                let alive = try await database.run("heartbeat") {
-                    try await jobRuns.heartbeat(
-                        id: runID,
-                        counters: counters,
-                        totalItems: total,
-                        stalledFor: stalled.reported
-                    )
-                }
-                guard alive else {
-                    throw WorkerError(
-                        .abandoned,
-                        "another runner marked this run abandoned (its liveness lock or heartbeat was gone, e.g. "
-                            + "during a database outage longer than the stale limit); stopping so that two runs "
-                            + "do not hold the same rows"
-                    )
-                }
-                if stalled.warn {
-                    logger.error(
-                        "no row completed while holding rows, with the database and the API answering: looks stuck",
-                        metadata: ["held": "\(held)", "for": "\(stalled.reported ?? .zero)"]
-                    )
-                }
-                if stalled.stop {
-                    throw WorkerError(
-                        .stalled,
-                        "no row completed for \(configuration.stallTimeout) while holding \(held) rows, "
-                            + "with the database and the API answering; stopping so that the rows go to another run"
-                    )
-                }
-                _ = try await database.run("extend leases") {
-                    try await queue.extendLeases(owner: owner, lease: configuration.lease)
-                }
-                await statistics.metrics.refresh(
-                    counts: counts,
-                    logins: Int(counters.logins),
-                    rate: await throttle.currentRate()
-                )
-                sinceCompaction += configuration.heartbeatInterval
-                if sinceCompaction >= compactionInterval {
-                    sinceCompaction = .zero
-                    try await database.run("compact counters") { try await queue.compactCounts() }
-                }
+                try await writer.run()
+                return false
+            } catch is CancellationError {
+                return false  // cut short at the stop deadline
+            } catch {
+                stop(fatal: error)
+                return true
+            }
+        }
+
+        /// Runs a part that ends only by throwing: its error stops the run (cancellation excepted).
+        private func keep(_ name: String, _ body: @Sendable () async throws -> Void) async {
+            do {
+                try await body()
             } catch is CancellationError {
                 return
             } catch {
-                await stop(fatal: error)
+                if Task.isCancelled { return }
+                stop(fatal: error)
+            }
+        }
+
+        private func watchForShutdown() async {
+            do {
+                try await gracefulShutdown()
+            } catch {
                 return
             }
+            logger.notice(
+                "shutdown requested: no new rows; in-flight calls may finish",
+                metadata: ["grace": "\(configuration.shutdownGrace)"]
+            )
+            control.interrupt()
+            rows.stop()
         }
-    }
 
-    private func watchForShutdown() async {
-        do {
-            try await gracefulShutdown()
-        } catch {
-            return
-        }
-        logger.notice(
-            "shutdown requested: no new rows; in-flight calls may finish",
-            metadata: ["grace": "\(configuration.shutdownGrace)"]
-        )
-        control.interrupt()
-        await source.stop()
-    }
-
-    /// Follow mode: wakes the claimer on every NOTIFY; reconnects after a failure (polling covers the gap).
-    private func listen() async {
-        let demand = source.demand
-        while !Task.isCancelled {
-            do {
-                try await queue.listenForNewWork { demand.fire() }
-            } catch {
-                if Task.isCancelled { return }
-                logger.warning(
-                    "LISTEN for new work failed; polling until it reconnects",
-                    metadata: ["error": "\(error)", "poll_interval": "\(configuration.pollInterval)"]
-                )
-                try? await Task.sleep(for: configuration.pollInterval)
+        /// Follow mode: wakes the claimer on every NOTIFY; listens again after a failure (polling covers the gap).
+        private func listen() async {
+            let demand = rows.demand
+            while !Task.isCancelled {
+                do {
+                    try await pipeline.store.listenForNewWork { demand.fire() }
+                } catch {
+                    if Task.isCancelled { return }
+                    logger.warning(
+                        "LISTEN for new work failed; polling until it works again",
+                        metadata: ["error": "\(error)", "poll_interval": "\(configuration.pollInterval)"]
+                    )
+                    try? await clock.sleep(for: configuration.pollInterval)
+                }
             }
         }
-    }
 
-    private func reportProgress() async {
-        guard let onProgress else { return }
-        let clock = ContinuousClock()
-        let started = clock.now
-        var last = (instant: started, finished: Int64(0))
-        while true {
-            do { try await Task.sleep(for: configuration.progressInterval) } catch { return }
-            let now = clock.now
-            let snapshot = statistics.snapshot
-            let finished = snapshot.counters.succeeded + snapshot.counters.failed
-            let seconds = last.instant.duration(to: now).inSeconds
-            onProgress(
-                WorkerProgress(
-                    runID: runID,
-                    statistics: snapshot,
-                    totalItems: progress.total(finished: finished),
-                    elapsed: started.duration(to: now),
-                    itemsPerSecond: seconds > 0 ? Double(finished - last.finished) / seconds : 0,
-                    sendRate: await throttle.currentRate(),
-                    logins: await tokens.loginCount()
+        private func reportProgress() async {
+            guard let onProgress = pipeline.onProgress else { return }
+            let started = clock.now
+            var last = (instant: started, finished: Int64(0))
+            while true {
+                do { try await clock.sleep(for: configuration.progressInterval) } catch { return }
+                let now = clock.now
+                let snapshot = pipeline.accounting.snapshot
+                let seconds = last.instant.duration(to: now).inSeconds
+                onProgress(
+                    WorkerProgress(
+                        runID: pipeline.runID,
+                        statistics: snapshot,
+                        totalItems: progress.total(finished: snapshot.finished),
+                        elapsed: started.duration(to: now),
+                        itemsPerSecond: seconds > 0 ? Double(snapshot.finished - last.finished) / seconds : 0,
+                        sendRate: await throttle.currentRate(),
+                        logins: await pipeline.tokens.loginCount()
+                    )
                 )
-            )
-            last = (now, finished)
+                last = (now, snapshot.finished)
+            }
         }
-    }
 
-    private func stop(fatal error: any Error) async {
-        if control.fatalError == nil {
-            logger.error("run stopping: \(error)")
+        /// The last resort against a stop that does not end: once the run begins stopping, its statements
+        /// are bounded by the stop deadline; two seconds before it, a run still going records its end, and
+        /// at the deadline ``Pipeline/onStopDeadline`` is called (the command line exits the process there).
+        func watchStopDeadline() async {
+            let deadline: C.Instant
+            do {
+                try await control.waitForStop()
+                guard let stopDeadline = control.stopDeadline else { return }
+                deadline = stopDeadline
+                pipeline.store.limitStatements(to: max(.zero, clock.now.duration(to: deadline) - .milliseconds(2500)))
+                try await clock.sleep(until: deadline.advanced(by: .seconds(-2)), tolerance: nil)
+            } catch {
+                return  // the run ended in time
+            }
+            let held = ledger.outstanding + rows.buffered
+            let state: RunState = control.fatalError != nil ? .failed : .interrupted
+            var message =
+                "did not end within the shutdown grace (\(configuration.shutdownGrace)) + \(RunControl<C>.stopMargin): "
+                + "stopped with \(held) rows still held (the next run takes them over)"
+            if let fatal = control.fatalError { message += "; it was stopping because: \(fatal)" }
+            var counters = pipeline.accounting.snapshot.counters
+            counters.logins = Int64(await pipeline.tokens.loginCount())
+            try? await pipeline.store.recordEnd(
+                RunEnd(state: state, counters: counters, lastError: message),
+                within: .milliseconds(1700)
+            )
+            do {
+                try await clock.sleep(until: deadline, tolerance: nil)
+            } catch {
+                return  // the run ended in its last seconds
+            }
+            logger.critical("\(message)")
+            pipeline.onStopDeadline?(StuckStop(runID: pipeline.runID, state: state, heldRows: held, message: message))
         }
-        control.fail(error)
-        await source.stop()
+
+        func stop(fatal error: any Error) {
+            if control.fatalError == nil { logger.error("run stopping: \(error)") }
+            control.fail(error)
+            rows.stop()
+        }
     }
 }
 
-/// The stall watchdog's state: a run that holds rows but settles none, gets no API answer, and is not
-/// waiting for a pause or an outage, makes no progress. Pure: the heartbeat feeds it.
-struct StallWatch {
-    let warnAfter: Duration
-    /// Zero: never stop.
-    let stopAfter: Duration
-    private var last: (settled: Int64, answers: Int64)?
-    private var stalled: Duration = .zero
-    private var warned = false
+/// How a child of the processor loop's task group ended.
+private enum TaskEnded: Sendable {
+    case row, graceOver, timerCancelled
+}
 
-    init(warnAfter: Duration, stopAfter: Duration) {
-        self.warnAfter = warnAfter
-        self.stopAfter = stopAfter
+extension Heartbeat {
+    fileprivate init(parts: Pipeline<C>.Parts) {
+        self.init(
+            store: parts.pipeline.store,
+            rows: parts.rows,
+            ledger: parts.ledger,
+            accounting: parts.pipeline.accounting,
+            progress: parts.progress,
+            throttle: parts.throttle,
+            tokens: parts.pipeline.tokens,
+            configuration: parts.configuration,
+            clock: parts.clock,
+            logger: parts.logger
+        )
     }
+}
 
-    struct Verdict: Equatable {
-        /// How long the run has been stalled, once that is long enough to show (nil otherwise).
-        var reported: Duration?
-        /// Log it now (once per stall).
-        var warn = false
-        /// Stop the run.
-        var stop = false
-    }
-
-    mutating func observe(held: Int, settled: Int64, answers: Int64, waiting: Bool, interval: Duration) -> Verdict {
-        defer { last = (settled, answers) }
-        let idle = last.map { $0.settled == settled && $0.answers == answers } ?? false
-        guard held > 0, idle, !waiting else {
-            stalled = .zero
-            warned = false
-            return Verdict()
-        }
-        stalled += interval
-        guard stalled >= warnAfter else { return Verdict() }
-        var verdict = Verdict(reported: stalled)
-        if !warned {
-            warned = true
-            verdict.warn = true
-        }
-        verdict.stop = stopAfter > .zero && stalled >= stopAfter
-        return verdict
+extension LeaseKeeper {
+    fileprivate init(parts: Pipeline<C>.Parts) {
+        self.init(
+            store: parts.pipeline.store,
+            rows: parts.rows,
+            configuration: parts.configuration,
+            clock: parts.clock,
+            logger: parts.logger
+        )
     }
 }

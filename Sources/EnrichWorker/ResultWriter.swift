@@ -1,170 +1,136 @@
 import EnrichQueue
 import Logging
+import Synchronization
 
-/// What became of one claimed row.
-enum ItemResult: Sendable {
-    /// The API answered: write the commerce context back and mark the row done.
-    case done(Completion)
-    /// The call failed: permanently (400) or for a later attempt (5xx, timeout, ...).
-    case failed(Failure)
-    /// Not the row's fault (429 bound, shutdown): back to pending without spending the attempt.
-    case released(LeasedItem, after: Duration)
+/// Results on their way back to the database. A worker task adds its row's result (a lock, no actor hop);
+/// the writer takes them in batches.
+final class ResultBuffer: Sendable {
+    private struct State {
+        var results: [ItemResult] = []
+        var closed = false
+    }
+
+    private let state = Mutex(State())
+    private let batchSize: Int
+    /// Fired when a result arrives in an empty buffer, when a batch is full, and on ``close()``.
+    let arrived = WakeSignal()
+
+    init(batchSize: Int) { self.batchSize = batchSize }
+
+    func add(_ result: ItemResult) {
+        let count = state.withLock { state in
+            state.results.append(result)
+            return state.results.count
+        }
+        if count == 1 || count == batchSize { arrived.fire() }
+    }
+
+    /// No more results will come: the writer ends once it has written what is here.
+    func close() {
+        state.withLock { $0.closed = true }
+        arrived.fire()
+    }
+
+    var status: (count: Int, closed: Bool) { state.withLock { ($0.results.count, $0.closed) } }
+
+    /// Takes up to `limit` results, oldest first.
+    func take(_ limit: Int) -> [ItemResult] {
+        state.withLock { state in
+            let taken = Array(state.results.prefix(limit))
+            state.results.removeFirst(taken.count)
+            return taken
+        }
+    }
+
+    /// Puts results that could not be written back in front of the others.
+    func putBack(_ results: [ItemResult]) {
+        state.withLock { $0.results.insert(contentsOf: results, at: 0) }
+    }
 }
 
-/// Batches results and writes them back: a flush happens when ``WorkerConfiguration/writeBatch`` results
-/// are waiting or ``WorkerConfiguration/writeDelay`` after the first one arrived, so a thousand calls per
-/// second cost a few dozen statements, not a thousand.
-actor ResultWriter {
-    private let queue: Queue
-    private let owner: String
-    private let configuration: WorkerConfiguration
-    private let statistics: RunStatistics
-    private let database: DatabaseGuard
-    private let source: ItemSource
-    private let logger: Logger
+/// Writes results back in batches: when ``WorkerConfiguration/writeBatch`` results wait, or
+/// ``WorkerConfiguration/writeDelay`` after the first one arrived, so a thousand calls per second cost a
+/// few dozen statements, not a thousand. Each batch is one statement: all of it is written or none.
+struct ResultWriter<C: Clock>: Sendable where C.Duration == Duration {
+    let buffer: ResultBuffer
+    let store: any RunStore
+    let ledger: RowLedger
+    let accounting: RunAccounting
+    let configuration: WorkerConfiguration
+    let clock: C
+    let logger: Logger
 
-    private var completions: [Completion] = []
-    private var failures: [Failure] = []
-    private var releases: [(item: LeasedItem, after: Duration, handedOut: Bool)] = []
-    private var finishing = false
-    private nonisolated let arrived = WakeSignal()
-    private nonisolated let full = WakeSignal()
-
-    init(
-        queue: Queue,
-        owner: String,
-        configuration: WorkerConfiguration,
-        statistics: RunStatistics,
-        database: DatabaseGuard,
-        source: ItemSource,
-        logger: Logger
-    ) {
-        self.queue = queue
-        self.owner = owner
-        self.configuration = configuration
-        self.statistics = statistics
-        self.database = database
-        self.source = source
-        self.logger = logger
-    }
-
-    private var waiting: Int { completions.count + failures.count + releases.count }
-
-    func submit(_ result: ItemResult) {
-        switch result {
-        case .done(let completion): completions.append(completion)
-        case .failed(let failure): failures.append(failure)
-        case .released(let item, let delay): releases.append((item, delay, true))
-        }
-        let count = waiting
-        if count == 1 { arrived.fire() }
-        if count >= configuration.writeBatch { full.fire() }
-    }
-
-    /// Rows claimed but never started: handed back without counting an attempt.
-    func release(_ items: [LeasedItem]) {
-        for item in items { releases.append((item, .zero, false)) }
-        if !items.isEmpty { arrived.fire() }
-    }
-
-    /// Ends ``run()`` once everything submitted so far is written.
-    func finish() {
-        finishing = true
-        arrived.fire()
-        full.fire()
-    }
-
-    /// Writes batches until ``finish()``; throws ``WorkerError`` if the database stays away too long (what
-    /// could not be written is kept for ``flushRemaining()``).
+    /// Writes batches until the buffer is closed and empty. Throws when the store gives up (the database
+    /// stayed away past the outage limit); what could not be written stays in the buffer.
     func run() async throws {
-        while !Task.isCancelled {
-            if waiting == 0 {
-                if finishing { return }
-                await arrived.wait(timeout: .seconds(1))
+        while true {
+            let (count, closed) = buffer.status
+            if count == 0 {
+                if closed { return }
+                await buffer.arrived.wait(timeout: .seconds(1), clock: clock)
                 continue
             }
-            if waiting < configuration.writeBatch && !finishing {
-                await full.wait(timeout: configuration.writeDelay)
+            if count < configuration.writeBatch && !closed {
+                await buffer.arrived.wait(timeout: configuration.writeDelay, clock: clock)
             }
             try await flush()
         }
     }
 
-    /// One last attempt to write what is still waiting after ``run()`` ended early; logs what stays unwritten
-    /// (those rows are reclaimed after their lease expires).
+    /// One last attempt to write what is still waiting after ``run()`` gave up; what stays unwritten is
+    /// left to the rows' leases (or to the next run, which takes the rows of a dead or ended run over).
     func flushRemaining() async {
-        guard waiting > 0 else { return }
+        while buffer.status.count > 0 {
+            do {
+                try await flush()
+            } catch {
+                logger.error(
+                    "results left unwritten; their rows go to the next run",
+                    metadata: ["rows": "\(buffer.status.count)", "error": "\(error)"]
+                )
+                return
+            }
+        }
+    }
+
+    /// Hands rows claimed but never started back to `pending`, without an attempt spent.
+    func releaseUnstarted(_ items: [LeasedItem]) async {
+        guard !items.isEmpty else { return }
         do {
-            try await flush()
+            let outcome = try await store.write(WriteBackBatch(releases: items.map { Release(item: $0, after: .zero) }))
+            accounting.wrote(outcome)
         } catch {
             logger.error(
-                "results left unwritten; their rows are retried after the lease expires",
-                metadata: ["rows": "\(waiting)", "error": "\(error)"]
+                "could not release the rows claimed but not started; the next run takes them over",
+                metadata: ["rows": "\(items.count)", "error": "\(error)"]
             )
         }
     }
 
     private func flush() async throws {
-        let completions = self.completions
-        let failures = self.failures
-        var releases = self.releases.sorted { $0.after < $1.after }[...]
-        let handedOut = releases.count(where: \.handedOut)
-        self.completions = []
-        self.failures = []
-        self.releases = []
-        let (queue, owner) = (self.queue, self.owner)
-        var completed = WriteOutcome()
-        var failed = WriteOutcome()
-        var released = WriteOutcome()
-        var step = 0
+        let results = buffer.take(configuration.writeBatch)
+        guard !results.isEmpty else { return }
+        var batch = WriteBackBatch()
+        for result in results {
+            switch result {
+            case .done(let completion): batch.completions.append(completion)
+            case .failed(let failure): batch.failures.append(failure)
+            case .released(let release): batch.releases.append(release)
+            }
+        }
+        let outcome: WriteBackOutcome
         do {
-            completed = try await database.run("write back results") {
-                try await queue.complete(completions, owner: owner)
-            }
-            step = 1
-            failed = try await database.run("record failures") { try await queue.fail(failures, owner: owner) }
-            step = 2
-            while let delay = releases.first?.after {
-                let group = releases.prefix { $0.after == delay }
-                let outcome = try await database.run("release rows") {
-                    try await queue.release(group.map(\.item), owner: owner, after: delay)
-                }
-                released.written += outcome.written
-                released.staleIDs += outcome.staleIDs
-                releases = releases.dropFirst(group.count)
-            }
+            outcome = try await store.write(batch)
         } catch {
-            // Keep what was not written, in front of anything submitted meanwhile; count what was.
-            if step < 1 { self.completions = completions + self.completions }
-            if step < 2 { self.failures = failures + self.failures }
-            self.releases = Array(releases) + self.releases
-            account(completed: completed, failed: failed, released: released)
-            let written =
-                (step >= 1 ? completions.count : 0) + (step >= 2 ? failures.count : 0)
-                + handedOut - releases.count(where: \.handedOut)
-            if written > 0 { await source.settled(written) }
+            buffer.putBack(results)
             throw error
         }
-        account(completed: completed, failed: failed, released: released)
-        await source.settled(completions.count + failures.count + handedOut)
-    }
-
-    /// Adds what a flush wrote to the run's counters and metrics.
-    private func account(completed: WriteOutcome, failed: WriteOutcome, released: WriteOutcome) {
-        let stale = completed.staleIDs.count + failed.staleIDs.count + released.staleIDs.count
-        statistics.recordWritten(
-            done: completed.written,
-            failed: failed.failedPermanently,
-            retried: failed.written - failed.failedPermanently
-        )
-        statistics.update {
-            $0.released += Int64(released.written)
-            $0.stale += Int64(stale)
-        }
-        if stale > 0 {
+        accounting.wrote(outcome)
+        ledger.settled(results.count)
+        if !outcome.staleIDs.isEmpty {
             logger.warning(
-                "results discarded: their rows were reclaimed by another worker after the lease expired",
-                metadata: ["rows": "\(stale)"]
+                "results discarded: their rows were taken over by another run after the lease expired",
+                metadata: ["rows": "\(outcome.staleIDs.count)"]
             )
         }
     }

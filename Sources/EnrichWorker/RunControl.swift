@@ -2,44 +2,48 @@ import Synchronization
 
 /// How a run is ending, shared by its tasks: the first fatal error, whether a stop was requested, and the
 /// absolute deadline by which the stopping run must be gone.
-final class RunControl: Sendable {
+final class RunControl<C: Clock>: Sendable where C.Duration == Duration {
     private struct State {
         var fatal: (any Error)?
         var interrupted = false
-        var stopDeadline: ContinuousClock.Instant?
+        var stopDeadline: C.Instant?
         var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
         var nextWaiter: UInt64 = 0
     }
 
     private let state = Mutex(State())
+    private let clock: C
     /// In-flight calls may finish within this after a stop begins.
     let grace: Duration
     /// What the end of a stop may take beyond the grace: the last writes and the run's record.
-    static let stopMargin: Duration = .seconds(5)
+    static var stopMargin: Duration { .seconds(5) }
 
-    init(grace: Duration) { self.grace = grace }
+    init(grace: Duration, clock: C) {
+        self.grace = grace
+        self.clock = clock
+    }
 
     /// Records the first fatal error (later ones are consequences of it) and begins the stop.
     func fail(_ error: any Error) {
         let waiters = state.withLock {
             if $0.fatal == nil { $0.fatal = error }
-            return Self.beginStop(&$0, grace: grace)
+            return beginStop(&$0)
         }
         for waiter in waiters { waiter.resume() }
     }
 
-    /// A stop was requested (SIGINT/SIGTERM, the run's own end of work is not one).
+    /// A stop was requested (SIGINT/SIGTERM; the run's own end of work is not one).
     func interrupt() {
         let waiters = state.withLock {
             $0.interrupted = true
-            return Self.beginStop(&$0, grace: grace)
+            return beginStop(&$0)
         }
         for waiter in waiters { waiter.resume() }
     }
 
     /// Sets the stop deadline (the first stop's) and hands back the waiters to resume.
-    private static func beginStop(_ state: inout State, grace: Duration) -> [CheckedContinuation<Void, Never>] {
-        if state.stopDeadline == nil { state.stopDeadline = .now + grace + stopMargin }
+    private func beginStop(_ state: inout State) -> [CheckedContinuation<Void, Never>] {
+        if state.stopDeadline == nil { state.stopDeadline = clock.now.advanced(by: grace + Self.stopMargin) }
         defer { state.waiters = [:] }
         return Array(state.waiters.values)
     }
@@ -47,7 +51,7 @@ final class RunControl: Sendable {
     var fatalError: (any Error)? { state.withLock { $0.fatal } }
     var isInterrupted: Bool { state.withLock { $0.interrupted } }
     /// Set once the run is stopping: by then it must have ended, whatever is stuck.
-    var stopDeadline: ContinuousClock.Instant? { state.withLock { $0.stopDeadline } }
+    var stopDeadline: C.Instant? { state.withLock { $0.stopDeadline } }
 
     /// Returns once the run began stopping (``interrupt()`` or ``fail(_:)``); throws `CancellationError`
     /// if cancelled first.

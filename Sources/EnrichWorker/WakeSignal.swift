@@ -1,7 +1,7 @@
 import Synchronization
 
 /// A level-triggered wake-up for one waiter at a time: ``fire()`` wakes the current waiter, or the next one
-/// if nobody is waiting. Fired from synchronous code (a LISTEN callback, another actor) without awaiting.
+/// if nobody is waiting. Fired from synchronous code (a LISTEN callback, another task) without awaiting.
 final class WakeSignal: Sendable {
     private struct State {
         var pending = false
@@ -24,11 +24,12 @@ final class WakeSignal: Sendable {
         continuation?.resume()
     }
 
-    /// Returns when fired (or already fired since the last wait), after `timeout`, or on cancellation.
-    func wait(timeout: Duration) async {
+    /// Returns when fired (or already fired since the last wait), after `timeout` on `clock`, or on
+    /// cancellation.
+    func wait<C: Clock>(timeout: Duration, clock: C) async where C.Duration == Duration {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.waitForFire() }
-            group.addTask { try? await Task.sleep(for: timeout) }
+            group.addTask { try? await clock.sleep(for: timeout) }
             await group.next()
             group.cancelAll()
         }

@@ -1,5 +1,5 @@
-import EnrichCore
 import AsyncHTTPClient
+import EnrichCore
 import Foundation
 import Logging
 import NIOCore

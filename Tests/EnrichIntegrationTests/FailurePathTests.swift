@@ -281,7 +281,7 @@ struct FailurePathTests {
                             $0.rateLimit = 400
                         },
                         database: database,
-                        client: client,
+                        api: client,
                         tokens: store,
                         logger: quietLogger,
                         onProgress: { progress in

@@ -255,7 +255,7 @@ struct WorkerTests {
                     $0.heartbeatInterval = .seconds(10)
                 },
                 database: database,
-                client: client,
+                api: client,
                 tokens: store,
                 logger: quietLogger
             )

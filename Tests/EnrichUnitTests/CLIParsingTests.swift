@@ -72,7 +72,10 @@ struct CLIParsingTests {
     @Test("the command line adds what to do to a library's error: an unmigrated schema says to run enrich migrate")
     func unmigratedSchemaAdvice() {
         let error = DatabaseError(.schemaNotMigrated, "count rows failed: relation \"x.queue_summary\" does not exist")
-        #expect(message(for: error) == "count rows failed: relation \"x.queue_summary\" does not exist. Run `enrich migrate` first.")
+        #expect(
+            message(for: error)
+                == "count rows failed: relation \"x.queue_summary\" does not exist. Run `enrich migrate` first."
+        )
         #expect(message(for: DatabaseError(.queryFailed, "boom")) == "boom")
     }
 }

@@ -98,7 +98,7 @@ struct RunSettingsTests {
 
     @Test("the progress line shows done/total, rate, 429s and ETA")
     func progressLine() {
-        var snapshot = RunStatistics.Snapshot()
+        var snapshot = RunAccounting.Snapshot()
         snapshot.counters.succeeded = 4_000
         snapshot.counters.failed = 210
         snapshot.counters.throttled = 3

@@ -56,7 +56,7 @@ enum WorkerHarness {
         return try await Worker(
             configuration: configuration,
             database: database,
-            client: client,
+            api: client,
             tokens: store,
             logger: logger
         ).execute()

@@ -38,12 +38,20 @@ final class ManualClock: Clock, Sendable {
         }
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                let resumeNow = state.withLock { state -> Bool in
-                    if deadline <= state.now { return true }
+                // A task cancelled before its sleeper is stored must not sleep: the cancellation handler has
+                // already run and found nothing to resume.
+                enum Outcome { case due, cancelled, sleeping }
+                let outcome = state.withLock { state -> Outcome in
+                    if Task.isCancelled { return .cancelled }
+                    if deadline <= state.now { return .due }
                     state.sleepers.append(Sleeper(id: id, deadline: deadline, continuation: continuation))
-                    return false
+                    return .sleeping
                 }
-                if resumeNow { continuation.resume() }
+                switch outcome {
+                case .due: continuation.resume()
+                case .cancelled: continuation.resume(throwing: CancellationError())
+                case .sleeping: break
+                }
             }
         } onCancel: {
             let sleeper = state.withLock { state -> Sleeper? in
@@ -73,10 +81,19 @@ final class ManualClock: Clock, Sendable {
     }
 
     /// Runs time forward, one sleeper's deadline at a time, until `done()` holds (yielding, never sleeping).
+    /// Time moves only once the tasks under test have settled (the number of sleepers stayed the same over
+    /// several yields), so that work which takes no time in the test does not see time pass.
     func drive(until done: () -> Bool) async {
         // Cancellation (e.g. by a test's time limit) ends the loop instead of spinning forever.
         while !done() && !Task.isCancelled {
-            if sleeperCount > 0 { advanceToNextDeadline() } else { await Task.yield() }
+            var settled = 0
+            var last = -1
+            while settled < 10 && !done() && !Task.isCancelled {
+                await Task.yield()
+                let count = sleeperCount
+                if count == last { settled += 1 } else { (settled, last) = (0, count) }
+            }
+            if sleeperCount > 0 { advanceToNextDeadline() }
         }
     }
 

@@ -1,0 +1,267 @@
+import EnrichQueue
+import Logging
+import Synchronization
+
+/// The rows a run works through, as an `AsyncSequence` (after swift-jobs' `JobQueueProcessor`): the
+/// pipeline's one loop iterates it, and its claimer (``runClaimer()``) refills it in the background.
+///
+/// It keeps about one second of work claimed (what the loop takes per second, at least the concurrency, at
+/// most the claim batch; ``ClaimSizer``) and claims again when half of that is left, so a worker task almost
+/// never waits for the database, memory stays flat however long the queue is, and a worker that dies
+/// leaves few rows behind. The sequence ends when the run stops, or, in drain mode, when the queue is
+/// settled: every row handed out is written back (``RowLedger``), nothing is pending (rows waiting for a
+/// retry are waited for) and nothing is running under another live run (a dead run's rows are taken over
+/// at once). In follow mode it waits for new work instead.
+final class ClaimedRows<C: Clock>: AsyncSequence, Sendable where C.Duration == Duration {
+    typealias Element = LeasedItem
+
+    private struct State {
+        var buffer: [LeasedItem] = []
+        var head = 0
+        var stopped = false
+        var exhausted = false
+        var consumer: (id: UInt64, continuation: CheckedContinuation<LeasedItem?, Never>)?
+        var nextConsumerID: UInt64 = 0
+        var sizer: ClaimSizer<C.Instant>
+
+        var buffered: Int { buffer.count - head }
+
+        mutating func popFirst() -> LeasedItem? {
+            guard head < buffer.count else { return nil }
+            let item = buffer[head]
+            head += 1
+            if head == buffer.count {
+                buffer.removeAll(keepingCapacity: true)
+                head = 0
+            } else if head >= 1024 && head * 2 >= buffer.count {
+                buffer.removeFirst(head)
+                head = 0
+            }
+            return item
+        }
+    }
+
+    private let state: Mutex<State>
+    private let store: any RunStore
+    private let ledger: RowLedger
+    private let accounting: RunAccounting
+    private let configuration: WorkerConfiguration
+    private let clock: C
+    private let logger: Logger
+    /// Wakes the claimer: rows were taken, results were written, a notification arrived, or stop.
+    let demand = WakeSignal()
+
+    init(
+        store: any RunStore,
+        ledger: RowLedger,
+        accounting: RunAccounting,
+        configuration: WorkerConfiguration,
+        clock: C,
+        logger: Logger
+    ) {
+        self.store = store
+        self.ledger = ledger
+        self.accounting = accounting
+        self.configuration = configuration
+        self.clock = clock
+        self.logger = logger
+        self.state = Mutex(
+            State(
+                sizer: ClaimSizer(
+                    minimum: configuration.concurrency,
+                    maximum: configuration.effectiveClaimBatch,
+                    lookahead: .seconds(1)
+                )
+            )
+        )
+    }
+
+    struct AsyncIterator: AsyncIteratorProtocol {
+        let rows: ClaimedRows
+        mutating func next() async -> LeasedItem? { await rows.next() }
+    }
+
+    func makeAsyncIterator() -> AsyncIterator { AsyncIterator(rows: self) }
+
+    /// Claimed rows no worker task has started.
+    var buffered: Int { state.withLock { $0.buffered } }
+
+    /// The next row; nil when the run is over (drained, stopping) or the task is cancelled. One consumer.
+    private func next() async -> LeasedItem? {
+        let now = clock.now
+        let step = state.withLock { state -> NextStep in
+            if state.stopped || Task.isCancelled { return .end }
+            if let item = state.popFirst() {
+                state.sizer.recordStarted(1, at: now)
+                return .row(item, refill: state.buffered < state.sizer.lowWatermark(at: now))
+            }
+            if state.exhausted { return .end }
+            state.nextConsumerID += 1
+            return .wait(state.nextConsumerID)
+        }
+        switch step {
+        case .row(let item, let refill):
+            ledger.handedOut(1)
+            if refill { demand.fire() }
+            return item
+        case .end:
+            return nil
+        case .wait(let id):
+            demand.fire()
+            let item = await withTaskCancellationHandler {
+                await withCheckedContinuation { (continuation: CheckedContinuation<LeasedItem?, Never>) in
+                    // Rows may have arrived since the buffer was found empty: take one rather than wait.
+                    let now = clock.now
+                    let answer = state.withLock { state -> LeasedItem?? in
+                        if state.stopped || state.exhausted || Task.isCancelled { return .some(nil) }
+                        if let item = state.popFirst() {
+                            state.sizer.recordStarted(1, at: now)
+                            return .some(item)
+                        }
+                        state.consumer = (id, continuation)
+                        return nil
+                    }
+                    if let answer { continuation.resume(returning: answer) }
+                }
+            } onCancel: {
+                let waiting = state.withLock { state -> CheckedContinuation<LeasedItem?, Never>? in
+                    guard let consumer = state.consumer, consumer.id == id else { return nil }
+                    state.consumer = nil
+                    return consumer.continuation
+                }
+                waiting?.resume(returning: nil)
+            }
+            if item != nil { ledger.handedOut(1) }
+            return item
+        }
+    }
+
+    /// Ends the sequence: the consumer gets nil. Rows still buffered stay for ``takeUnstarted()``.
+    func stop() {
+        let waiting = state.withLock { state -> CheckedContinuation<LeasedItem?, Never>? in
+            state.stopped = true
+            defer { state.consumer = nil }
+            return state.consumer?.continuation
+        }
+        waiting?.resume(returning: nil)
+        demand.fire()
+    }
+
+    /// Removes and returns the claimed rows no worker task has started.
+    func takeUnstarted() -> [LeasedItem] {
+        state.withLock { state in
+            defer {
+                state.buffer = []
+                state.head = 0
+            }
+            return Array(state.buffer[state.head...])
+        }
+    }
+
+    /// Claims rows as they are needed until the queue is drained (drain mode) or ``stop()``. Throws when the
+    /// store gives up (the database stayed away past the outage limit).
+    func runClaimer() async throws {
+        var lastDeadRunCheck: C.Instant?
+        while true {
+            try Task.checkCancellation()
+            let now = clock.now
+            let (stopped, exhausted, buffered, target, low, waiting) = state.withLock { state in
+                (
+                    state.stopped, state.exhausted, state.buffered, state.sizer.target(at: now),
+                    state.sizer.lowWatermark(at: now), state.consumer != nil
+                )
+            }
+            if stopped || exhausted { return }
+            if buffered >= low && !waiting {
+                await demand.wait(timeout: configuration.pollInterval, clock: clock)
+                continue
+            }
+            let limit = target - buffered
+            guard limit > 0 else {
+                await demand.wait(timeout: configuration.pollInterval, clock: clock)
+                continue
+            }
+            let claimed = try await store.claim(limit: limit)
+            accounting.claimed(claimed.items.count, failed: claimed.failed)
+            if claimed.failed > 0 {
+                logger.warning(
+                    "rows taken over too often were marked failed",
+                    metadata: ["rows": "\(claimed.failed)", "max_takeovers": "\(configuration.maxTakeovers)"]
+                )
+            }
+            if !claimed.items.isEmpty {
+                deliver(claimed.items)
+                continue
+            }
+            try await waitForWork(lastDeadRunCheck: &lastDeadRunCheck)
+        }
+    }
+
+    /// Nothing was available: decide whether the drain is over, else wait for a retry to come due, a result
+    /// to be written, a notification or the poll interval. Rows held by other runs are checked for dead
+    /// owners (at most once a second), so that a dead worker's rows are taken over at once.
+    private func waitForWork(lastDeadRunCheck: inout C.Instant?) async throws {
+        let settledEverything = ledger.outstanding == 0 && buffered == 0
+        guard configuration.follow || settledEverything else {
+            await demand.wait(timeout: configuration.pollInterval, clock: clock)
+            return
+        }
+        var next = try await store.nextWorkDelay()
+        if next != nil, lastDeadRunCheck.map({ $0.duration(to: clock.now) >= .seconds(1) }) ?? true {
+            lastDeadRunCheck = clock.now
+            let abandoned = try await store.takeOverDeadRuns()
+            WorkerLog.abandoned(abandoned, logger: logger)
+            if abandoned.rowsFreed > 0 { next = .zero }
+        }
+        if next == nil && settledEverything && !configuration.follow {
+            let waiting = state.withLock { state -> CheckedContinuation<LeasedItem?, Never>? in
+                state.exhausted = true
+                defer { state.consumer = nil }
+                return state.consumer?.continuation
+            }
+            waiting?.resume(returning: nil)
+            logger.debug("queue drained")
+            return
+        }
+        if next == .zero { return }
+        await demand.wait(
+            timeout: Swift.min(next ?? configuration.pollInterval, configuration.pollInterval),
+            clock: clock
+        )
+    }
+
+    private func deliver(_ items: [LeasedItem]) {
+        let now = clock.now
+        let waiting = state.withLock { state -> (CheckedContinuation<LeasedItem?, Never>, LeasedItem)? in
+            var rest = items[...]
+            var handed: (CheckedContinuation<LeasedItem?, Never>, LeasedItem)?
+            if let consumer = state.consumer, let first = rest.popFirst() {
+                state.consumer = nil
+                state.sizer.recordStarted(1, at: now)
+                handed = (consumer.continuation, first)
+            }
+            state.buffer.append(contentsOf: rest)
+            return handed
+        }
+        if let (continuation, item) = waiting { continuation.resume(returning: item) }
+    }
+}
+
+/// What ``ClaimedRows``'s consumer does next.
+private enum NextStep {
+    case row(LeasedItem, refill: Bool)
+    case end
+    case wait(UInt64)
+}
+
+/// Rows handed to worker tasks and rows whose result is written: the claimer ends a drain only when the two
+/// agree. Shared by the rows (handed out) and the writer (settled), so neither refers to the other.
+final class RowLedger: Sendable {
+    private let counts = Mutex((handedOut: 0, settled: 0))
+
+    func handedOut(_ count: Int) { counts.withLock { $0.handedOut += count } }
+    func settled(_ count: Int) { counts.withLock { $0.settled += count } }
+
+    /// Rows handed out whose result is not written yet.
+    var outstanding: Int { counts.withLock { $0.handedOut - $0.settled } }
+}
