@@ -33,7 +33,7 @@ let package = Package(
             name: "EnrichCLI",
             dependencies: [
                 "EnrichCore", "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "EnrichWorker",
-                "NymbleSimulator", "EnrichJobs", "EnrichMetrics",
+                "NymbleSimulator", "EnrichJobs", "EnrichMetrics", "EnrichSettings",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Logging", package: "swift-log"),
@@ -53,10 +53,28 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Every setting described once (flag, environment variable, job-file key, default, range, help), and
+        // the typed configurations read from flags > environment > job file > defaults.
+        .target(
+            name: "EnrichSettings",
+            dependencies: ["EnrichCore", "EnrichQueue", "EnrichWorker", "EnrichThrottle", "NymbleAPI"],
+            swiftSettings: swiftSettings
+        ),
         // What every module shares: Duration units, human durations, the commerce context of a pair.
         .target(name: "EnrichCore", swiftSettings: swiftSettings),
-        // Scheduled jobs: job definitions (jobs/*.json) and the health verdict of `status --check`.
-        .target(name: "EnrichJobs", dependencies: ["EnrichCore", "EnrichQueue"], swiftSettings: swiftSettings),
+        // Jobs: definitions (jobs/*.json), pair sources (CSV), the run plan and runner (lock, enqueue, drain,
+        // record), and the health verdict of `status --check`.
+        .target(
+            name: "EnrichJobs",
+            dependencies: [
+                "EnrichCore", "EnrichQueue", "EnrichSettings", "EnrichWorker", "EnrichToken", "NymbleAPI",
+                "EnrichMetrics",
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The Prometheus endpoint of `enrich run --metrics-port`.
         .target(
             name: "EnrichMetrics",
@@ -122,7 +140,7 @@ let package = Package(
             name: "EnrichUnitTests",
             dependencies: [
                 "EnrichCore", "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "EnrichWorker", "EnrichCLI",
-                "EnrichJobs",
+                "EnrichJobs", "EnrichSettings",
                 .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
@@ -132,7 +150,7 @@ let package = Package(
             name: "EnrichIntegrationTests",
             dependencies: [
                 "EnrichCore", "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "EnrichWorker",
-                "NymbleSimulator", "EnrichCLI", "EnrichJobs", "EnrichMetrics",
+                "NymbleSimulator", "EnrichCLI", "EnrichJobs", "EnrichMetrics", "EnrichSettings",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

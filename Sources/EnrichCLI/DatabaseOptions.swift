@@ -1,74 +1,53 @@
 import ArgumentParser
 import EnrichQueue
+import EnrichSettings
 import Logging
 
-/// Options every database-using subcommand shares.
-public struct DatabaseOptions: ParsableArguments, Sendable {
-    @Option(
-        name: .customLong("database-url"),
-        help: ArgumentHelp(
-            "PostgreSQL URL, postgres://user:password@host:port/db?sslmode=prefer (env DATABASE_URL or DATABASE_URL_FILE).",
-            valueName: "url"
+/// The database and logging settings as options of the commands that use the database (`enrich run` reads
+/// them with its own settings). Names and help come from their descriptions in `Settings`.
+struct DatabaseOptions: ParsableArguments {
+    @Option(name: .customLong(Settings.databaseURL.name), help: .init(Settings.databaseURL))
+    var databaseURL: String?
+    @Option(name: .customLong(Settings.schema.name), help: .init(Settings.schema))
+    var schema: String?
+    @Option(name: .customLong(Settings.databaseConnections.name), help: .init(Settings.databaseConnections))
+    var databaseConnections: String?
+    @Option(name: .customLong(Settings.statementTimeout.name), help: .init(Settings.statementTimeout))
+    var statementTimeout: String?
+    @Option(name: .customLong(Settings.logLevel.name), help: .init(Settings.logLevel))
+    var logLevel: String?
+    @Option(name: .customLong(Settings.logFormat.name), help: .init(Settings.logFormat))
+    var logFormat: String?
+
+    /// The options given, by setting name, over the process environment.
+    func sources(_ environment: Environment = Environment()) -> SettingSources {
+        let given: [(any AnySetting, String?)] = [
+            (Settings.databaseURL, databaseURL), (Settings.schema, schema),
+            (Settings.databaseConnections, databaseConnections), (Settings.statementTimeout, statementTimeout),
+            (Settings.logLevel, logLevel), (Settings.logFormat, logFormat),
+        ]
+        let flags = Dictionary(
+            uniqueKeysWithValues: given.compactMap { setting, value in value.map { (setting.name, $0) } }
         )
-    )
-    public var databaseURL: String?
+        return SettingSources(flags: flags, environment: environment)
+    }
 
-    @Option(
-        help: ArgumentHelp("Schema holding enrich's tables (env ENRICH_SCHEMA; default enrich).", valueName: "name")
-    )
-    public var schema: String?
-
-    @Option(
-        name: .customLong("db-connections"),
-        help: ArgumentHelp(
-            "Maximum pooled database connections (env ENRICH_DB_CONNECTIONS; default 8).",
-            valueName: "n"
-        )
-    )
-    public var databaseConnections: Int?
-
-    @Option(
-        name: .customLong("log-level"),
-        help: ArgumentHelp(
-            "trace, debug, info, notice, warning, error or critical (env ENRICH_LOG_LEVEL; default info).",
-            valueName: "level"
-        )
-    )
-    public var logLevel: String?
-
-    @Option(
-        name: .customLong("log-format"),
-        help: ArgumentHelp(
-            "text or json, written to standard error (env ENRICH_LOG_FORMAT; default text).",
-            valueName: "format"
-        )
-    )
-    public var logFormat: String?
-
-    public init() {}
-
-    /// The database configuration from flags, then environment, then defaults.
-    public func configuration(_ environment: Environment = Environment()) throws -> DatabaseConfiguration {
-        guard let url = try databaseURL ?? environment.value("DATABASE_URL") else {
-            throw ConfigurationError(
-                "no database: set DATABASE_URL (or DATABASE_URL_FILE) or pass --database-url postgres://user@host/db"
-            )
-        }
-        return try DatabaseConfiguration(
-            url: url,
-            schema: try schema ?? environment.value("ENRICH_SCHEMA") ?? "enrich",
-            maximumConnections: try databaseConnections ?? environment.parsed("ENRICH_DB_CONNECTIONS") ?? 8
-        )
+    func configuration(_ environment: Environment = Environment()) throws -> DatabaseConfiguration {
+        try sources(environment).databaseConfiguration()
     }
 
     /// Sets up process-wide logging once and returns the root logger.
-    public func makeLogger(label: String = "enrich", _ environment: Environment = Environment()) throws -> Logger {
-        try LoggingSetup.makeLogger(label: label, level: logLevel, format: logFormat, environment)
+    func makeLogger(label: String = "enrich") throws -> Logger {
+        try LoggingSetup.makeLogger(label: label, sources: sources())
     }
+}
 
-    public func validate() throws {
-        if let databaseConnections, databaseConnections < 1 {
-            throw ValidationError("--db-connections must be at least 1")
-        }
+extension ArgumentHelp {
+    /// `--help` text of a setting: its help, environment variable and default.
+    init(_ setting: any AnySetting) {
+        self.init(
+            "\(setting.help) (env \(setting.environment); default \(setting.defaultText)).",
+            valueName: setting.valueName.isEmpty ? nil : setting.valueName
+        )
     }
 }

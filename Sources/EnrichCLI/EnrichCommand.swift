@@ -7,13 +7,14 @@ public struct EnrichCommand: AsyncParsableCommand {
         abstract: "Enrich (OrganizationId, UserId) pairs queued in PostgreSQL with their Nymble commerce context.",
         discussion: """
             Typical use: enrich migrate; enrich enqueue pairs.csv; enrich run; enrich status.
-            Every option can also be set through the environment variable named in its help.
+            Every option can also be set through the environment variable named in its help; `enrich settings` \
+            lists them all.
 
             \(EnrichExitCode.helpText)
             """,
         subcommands: [
             MigrateCommand.self, EnqueueCommand.self, RunCommand.self, StatusCommand.self, RequeueCommand.self,
-            SimulateCommand.self, DatabaseCeilingCommand.self,
+            SimulateCommand.self, DatabaseCeilingCommand.self, SettingsCommand.self,
         ]
     )
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import EnrichQueue
+import EnrichSettings
 import Foundation
 
 /// Writes a line to standard error.
@@ -12,7 +13,12 @@ public func exitCode(for error: any Error) -> Int32 {
     switch error {
     case is InputError: return EnrichExitCode.badInput
     case is JobLockHeldError: return EnrichExitCode.overlap
-    case is ConfigurationError: return EnrichExitCode.configuration
+    case let error as SettingError:
+        switch error.origin {
+        case .flag: return ExitCode.validationFailure.rawValue
+        case .jobFile: return EnrichExitCode.badInput
+        default: return EnrichExitCode.configuration
+        }
     case let error as DatabaseError:
         if error.code == .badSource { return EnrichExitCode.badInput }
         if error.code == .cannotConnect || error.code == .invalidURL || error.code == .invalidSchemaName {

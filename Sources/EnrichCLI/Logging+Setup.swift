@@ -1,3 +1,4 @@
+import EnrichSettings
 import EnrichWorker
 import Foundation
 import Logging
@@ -13,24 +14,11 @@ public enum LogFormat: String, Sendable, CaseIterable {
 public enum LoggingSetup {
     private static let done = Mutex(false)
 
-    /// Resolves level and format from the flags, then `ENRICH_LOG_LEVEL` / `ENRICH_LOG_FORMAT`, bootstraps
-    /// logging and returns a logger.
-    public static func makeLogger(
-        label: String,
-        level: String?,
-        format: String?,
-        _ environment: Environment = Environment()
-    ) throws -> Logger {
-        let levelText = try level ?? environment.value("ENRICH_LOG_LEVEL") ?? "info"
-        guard let level = Logger.Level(rawValue: levelText.lowercased()) else {
-            throw ConfigurationError(
-                "log level '\(levelText)' is not one of trace, debug, info, notice, warning, error, critical"
-            )
-        }
-        let formatText = try format ?? environment.value("ENRICH_LOG_FORMAT") ?? "text"
-        guard let format = LogFormat(rawValue: formatText.lowercased()) else {
-            throw ConfigurationError("log format '\(formatText)' is not text or json")
-        }
+    /// Bootstraps logging at the level and in the format the settings give (flag > environment >
+    /// default) and returns a logger.
+    public static func makeLogger(label: String, sources: SettingSources) throws -> Logger {
+        let level = Logger.Level(rawValue: try sources.value(Settings.logLevel) ?? "info") ?? .info
+        let format = LogFormat(rawValue: try sources.value(Settings.logFormat) ?? "text") ?? .text
         bootstrap(format: format, level: level)
         var logger = Logger(label: label)
         logger.logLevel = level

@@ -1,3 +1,4 @@
+import EnrichSettings
 import EnrichWorker
 import Foundation
 import Logging
@@ -19,6 +20,12 @@ final class ProgressPrinter: Sendable {
     private let logEvery: Duration
     private let lastLog = Mutex<Duration?>(nil)
     private let shownLine = Mutex(false)
+
+    /// The printer the settings ask for (`--progress`, `--progress-log-interval`); nil when progress is off.
+    static func make(_ sources: SettingSources) throws -> ProgressPrinter? {
+        let mode = Mode(rawValue: try sources.value(Settings.progress) ?? "auto") ?? .auto
+        return make(mode: mode, logEvery: try sources.value(Settings.progressLogInterval) ?? .seconds(10))
+    }
 
     /// nil when progress is off.
     static func make(mode: Mode, logEvery: Duration) -> ProgressPrinter? {

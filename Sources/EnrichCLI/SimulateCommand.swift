@@ -1,4 +1,5 @@
 import ArgumentParser
+import EnrichSettings
 import Foundation
 import Logging
 import NymbleSimulator
@@ -135,9 +136,10 @@ struct SimulateCommand: AsyncParsableCommand {
             let configuration = try simulatorConfiguration(environment)
             let logger = try LoggingSetup.makeLogger(
                 label: "enrich.simulate",
-                level: logLevel,
-                format: nil,
-                environment
+                sources: SettingSources(
+                    flags: logLevel.map { [Settings.logLevel.name: $0] } ?? [:],
+                    environment: environment
+                )
             )
             let simulator = NymbleSimulator(configuration: configuration, logger: logger)
             let announcer = Announcer(simulator: simulator, logger: logger)

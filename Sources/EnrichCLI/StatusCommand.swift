@@ -2,6 +2,7 @@ import ArgumentParser
 import EnrichCore
 import EnrichJobs
 import EnrichQueue
+import EnrichSettings
 import Foundation
 
 /// `enrich status`: queue counts and recent job runs.
@@ -47,7 +48,7 @@ struct StatusCommand: AsyncParsableCommand {
             valueName: "seconds"
         )
     )
-    var staleAfter: Double?
+    var staleAfter: String?
 
     func validate() throws {
         if limit < 0 { throw ValidationError("--limit must not be negative") }
@@ -66,7 +67,12 @@ struct StatusCommand: AsyncParsableCommand {
             }
             return duration
         }
-        let stale = try environment.seconds(staleAfter, "ENRICH_STALE_AFTER", "--stale-after") ?? .seconds(60)
+        let stale =
+            try SettingSources(
+                flags: staleAfter.map { [Settings.staleAfter.name: $0] } ?? [:],
+                environment: environment
+            )
+            .value(Settings.staleAfter) ?? .seconds(60)
         let logger = try database.makeLogger()
         let configuration = try database.configuration(environment)
         let job = self.job

@@ -1,4 +1,5 @@
 import EnrichQueue
+import EnrichSettings
 import Foundation
 
 /// A job definition from `jobs/NAME.json`: where the pairs come from and the settings of its runs.
@@ -12,8 +13,9 @@ import Foundation
 /// }
 /// ```
 ///
-/// The keys are the `enrich run` flag names; a flag or environment variable given at run time wins over the
-/// file (flag > environment > job file > default). `source` is `"queue"` (drain the pairs already enqueued)
+/// The keys are the names of the settings that may stand in a job file (`Settings`, the same as their flags);
+/// a flag or environment variable given at run time wins over the file (flag > environment > job file >
+/// default). `source` is `"queue"` (drain the pairs already enqueued)
 /// or `{"sql": "SELECT ..."}`, a query over the user's own tables returning two columns (organization id,
 /// user id), run at the start of every run. An unknown key or a value of the wrong type is an
 /// ``InputError`` naming the file and the key.
@@ -32,44 +34,14 @@ public struct JobDefinition: Sendable, Equatable {
     public let path: String
     public let description: String?
     public let source: Source
-    /// Run settings as the environment variables of their flags (`ENRICH_CONCURRENCY` ...), to be layered
-    /// under the process environment.
+    /// Run settings by name (`concurrency` ...), as text, already checked against their settings; layered
+    /// under flags and the environment (``SettingSources``).
     public let settings: [String: String]
 
-    /// The settings a job file may hold: key → (environment variable, kind).
-    static let settingKeys: [String: (variable: String, kind: ValueKind)] = [
-        "concurrency": ("ENRICH_CONCURRENCY", .count),
-        "rate": ("ENRICH_RATE", .positiveNumber),
-        "max-attempts": ("ENRICH_MAX_ATTEMPTS", .count),
-        "claim-batch": ("ENRICH_CLAIM_BATCH", .count),
-        "lease": ("ENRICH_LEASE", .seconds),
-        "heartbeat": ("ENRICH_HEARTBEAT", .seconds),
-        "poll-interval": ("ENRICH_POLL_INTERVAL", .seconds),
-        "shutdown-grace": ("ENRICH_SHUTDOWN_GRACE", .secondsOrZero),
-        "db-outage-limit": ("ENRICH_DB_OUTAGE_LIMIT", .secondsOrZero),
-        "retry-base": ("ENRICH_RETRY_BASE", .seconds),
-        "retry-cap": ("ENRICH_RETRY_CAP", .seconds),
-        "request-timeout": ("ENRICH_REQUEST_TIMEOUT", .seconds),
-        "stale-after": ("ENRICH_STALE_AFTER", .seconds),
-        "max-takeovers": ("ENRICH_MAX_TAKEOVERS", .count),
-        "stall-timeout": ("ENRICH_STALL_TIMEOUT", .secondsOrZero),
-        "progress-log-interval": ("ENRICH_PROGRESS_LOG_INTERVAL", .seconds),
-        "api-url": ("NYMBLE_BASE_URL", .text),
-    ]
-
-    enum ValueKind {
-        case count, positiveNumber, seconds, secondsOrZero, text
-
-        var expectation: String {
-            switch self {
-            case .count: return "a whole number of at least 1"
-            case .positiveNumber: return "a number above 0"
-            case .seconds: return "a number of seconds above 0"
-            case .secondsOrZero: return "a number of seconds, 0 or more"
-            case .text: return "a non-empty string"
-            }
-        }
-    }
+    /// The settings a job file may hold.
+    static let settingsByKey = Dictionary(
+        uniqueKeysWithValues: Settings.all.filter(\.inJobFiles).map { ($0.name, $0) }
+    )
 
     /// Finds and reads a job: a path (containing `/` or ending in `.json`) or a name looked up as
     /// `directory/NAME.json`.
@@ -124,12 +96,14 @@ public struct JobDefinition: Sendable, Equatable {
             case "source":
                 source = try parseSource(value, path: path)
             default:
-                guard let (variable, kind) = settingKeys[key] else {
-                    let known = (["description", "source"] + settingKeys.keys).sorted().joined(separator: ", ")
+                guard let setting = settingsByKey[key] else {
+                    let known = (["description", "source"] + settingsByKey.keys).sorted().joined(separator: ", ")
                     throw InputError(file: path, line: nil, field: key, problem: "unknown key (known keys: \(known))")
                 }
-                guard let text = value.setting(kind) else { throw wrong(kind.expectation) }
-                settings[variable] = text
+                guard let text = value.text(as: setting.jsonType), setting.accepts(text) else {
+                    throw wrong(setting.expectation)
+                }
+                settings[key] = text
             }
         }
         guard let source else {
@@ -241,19 +215,14 @@ enum JSONValue: Decodable, Equatable {
         }
     }
 
-    /// The value as the environment-variable text of a setting of `kind`, nil when of the wrong type or range.
-    func setting(_ kind: JobDefinition.ValueKind) -> String? {
-        switch (kind, self) {
-        case (.count, .number(let value)):
-            return value >= 1 && value <= Double(Int32.max) && value == value.rounded() ? "\(Int(value))" : nil
-        case (.positiveNumber, .number(let value)), (.seconds, .number(let value)):
-            return value > 0 && value.isFinite ? "\(value)" : nil
-        case (.secondsOrZero, .number(let value)):
-            return value >= 0 && value.isFinite ? "\(value)" : nil
-        case (.text, .string(let value)):
-            return value.isEmpty ? nil : value
-        default:
-            return nil
+    /// The value as a setting's text, when it has the JSON type the setting takes.
+    func text(as type: SettingJSONType) -> String? {
+        switch (type, self) {
+        case (.number, .number(let value)):
+            return value == value.rounded() && abs(value) < 1e15 ? "\(Int64(value))" : "\(value)"
+        case (.string, .string(let value)): return value
+        case (.boolean, .bool(let value)): return value ? "true" : "false"
+        default: return nil
         }
     }
 

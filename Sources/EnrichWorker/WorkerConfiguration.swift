@@ -65,28 +65,23 @@ public struct WorkerConfiguration: Sendable {
     /// How long without progress before a stall is logged and shown as stuck (long before it stops the run).
     var stallWarning: Duration { max(.seconds(30), heartbeatInterval * 3) }
 
-    /// Throws when a value is out of range, naming the setting.
+    /// Throws when the settings cannot work together, or one the pipeline relies on is out of its range,
+    /// naming the setting. (The ranges users see, with where a value came from, are checked where settings
+    /// are read: `EnrichSettings`.)
     public func validate() throws(WorkerError) {
         func check(_ condition: Bool, _ setting: String, _ problem: String) throws(WorkerError) {
             if !condition { throw WorkerError.invalidSetting(setting, problem) }
         }
-        try check(concurrency >= 1 && concurrency <= 4096, "concurrency", "must be between 1 and 4096")
-        try check(rateLimit.map { $0 > 0 } ?? true, "rate", "must be a positive number of requests per second")
-        try check(maxAttempts.map { $0 >= 1 } ?? true, "max-attempts", "must be at least 1")
-        try check(effectiveClaimBatch >= 1 && effectiveClaimBatch <= 10_000, "claim-batch", "must be 1...10000")
+        try check(concurrency >= 1, "concurrency", "must be at least 1")
+        try check(effectiveClaimBatch >= 1, "claim-batch", "must be at least 1")
+        try check(writeBatch >= 1, "write-batch", "must be at least 1")
+        try check(maxTakeovers >= 1, "max-takeovers", "must be at least 1")
         try check(lease >= .seconds(5), "lease", "must be at least 5 seconds")
         try check(
             heartbeatInterval > .zero && heartbeatInterval * 2 < lease,
             "heartbeat",
             "must be under half the lease"
         )
-        try check(pollInterval > .zero, "poll-interval", "must be positive")
-        try check(shutdownGrace >= .zero, "shutdown-grace", "must not be negative")
-        try check(databaseOutageLimit >= .zero, "db-outage-limit", "must not be negative")
-        try check(writeBatch >= 1, "write-batch", "must be at least 1")
-        try check(maxTakeovers >= 1, "max-takeovers", "must be at least 1")
-        try check(staleAfter > .zero, "stale-after", "must be positive")
-        try check(stallTimeout >= .zero, "stall-timeout", "must not be negative")
         try check(jobName.count >= 1 && jobName.count <= 200, "job-name", "must be 1 to 200 characters")
     }
 }

@@ -23,16 +23,19 @@ public struct WorkerError: Error, CustomStringConvertible, Sendable {
 
     public let code: Code
     public let message: String
+    /// For `invalidSetting`: the setting's name (`heartbeat`), for the command line to say where it came from.
+    public let setting: String?
 
-    public init(_ code: Code, _ message: String) {
+    public init(_ code: Code, _ message: String, setting: String? = nil) {
         self.code = code
         self.message = message
+        self.setting = setting
     }
 
     public var description: String { message }
 
     static func invalidSetting(_ setting: String, _ problem: String) -> WorkerError {
-        WorkerError(.invalidSetting, "--\(setting) \(problem)")
+        WorkerError(.invalidSetting, "\(setting) \(problem)", setting: setting)
     }
 
     static func login(_ error: any Error) -> WorkerError {

@@ -319,7 +319,9 @@ struct FailurePathTests {
             let status = try await child.wait()
             #expect(status == 4, "\(child.standardError)")
             #expect(started.duration(to: .now) < .seconds(1.5), "process start included")
-            #expect(child.standardError.contains("NYMBLE_BASE_URL 'not a url' is not an API base URL"))
+            #expect(
+                child.standardError.contains("environment variable NYMBLE_BASE_URL: 'not a url' is not an API base URL")
+            )
             #expect(try await JobRuns(database: database).recent(limit: 1).isEmpty, "nothing started")
         }
     }

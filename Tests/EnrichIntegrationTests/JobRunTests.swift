@@ -247,7 +247,7 @@ struct JobRunTests {
             (#"{"source": "queue", "concurency": 4}"#, "concurency: unknown key (known keys: "),
             (
                 #"{"source": "queue", "concurrency": "32"}"#,
-                #"concurrency: expected a whole number of at least 1, got the string "32""#
+                #"concurrency: expected a whole number from 1 to 4096, got the string "32""#
             ),
             (#"{"source": "queue", "lease": -5}"#, "lease: expected a number of seconds above 0, got -5"),
             (

@@ -1,5 +1,6 @@
 import ArgumentParser
 import EnrichQueue
+import EnrichSettings
 import Foundation
 import NymbleSimulator
 import Testing
@@ -42,7 +43,7 @@ struct CLIParsingTests {
 
     @Test("a malformed environment variable is named in the error")
     func environmentErrorsNameTheVariable() {
-        let error = #expect(throws: ConfigurationError.self) {
+        let error = #expect(throws: SettingError.self) {
             try Environment(["ENRICH_DB_CONNECTIONS": "many"]).parsed("ENRICH_DB_CONNECTIONS", as: Int.self)
         }
         #expect(error?.description.contains("ENRICH_DB_CONNECTIONS") == true)
@@ -55,7 +56,7 @@ struct CLIParsingTests {
         defer { try? FileManager.default.removeItem(atPath: path) }
         #expect(try Environment(["DATABASE_URL_FILE": path]).value("DATABASE_URL") == "postgres://u:pw@h/db")
         #expect(try Environment(["DATABASE_URL": "x", "DATABASE_URL_FILE": path]).value("DATABASE_URL") == "x")
-        #expect(throws: ConfigurationError.self) {
+        #expect(throws: SettingError.self) {
             try Environment(["DATABASE_URL_FILE": "/nonexistent"]).value("DATABASE_URL")
         }
     }

@@ -10,7 +10,7 @@ struct JobDefinitionTests {
         try JobDefinition.parse(Data(json.utf8), path: path)
     }
 
-    @Test("a full definition: name from the file, source, settings as their flags' environment variables")
+    @Test("a full definition: name from the file, source, settings by name as text")
     func full() throws {
         let job = try parse(
             """
@@ -21,8 +21,8 @@ struct JobDefinitionTests {
         #expect(job.name == "nightly" && job.description == "d" && job.source == .sql("SELECT o, u FROM t"))
         #expect(
             job.settings == [
-                "ENRICH_CONCURRENCY": "8", "ENRICH_RATE": "250.5", "ENRICH_MAX_ATTEMPTS": "3", "ENRICH_LEASE": "90.0",
-                "ENRICH_SHUTDOWN_GRACE": "0.0", "NYMBLE_BASE_URL": "http://sim:8080",
+                "concurrency": "8", "rate": "250.5", "max-attempts": "3", "lease": "90", "shutdown-grace": "0",
+                "api-url": "http://sim:8080",
             ]
         )
         let queued = try parse(#"{"source": "queue"}"#, path: "/etc/enrich/jobs/drain.json")
@@ -36,7 +36,7 @@ struct JobDefinitionTests {
             (#"{"source": "queue", "concurrency": 2.5}"#, "jobs/nightly.json: concurrency: expected a whole number"),
             (
                 #"{"source": "queue", "concurrency": true}"#,
-                "concurrency: expected a whole number of at least 1, got true"
+                "concurrency: expected a whole number from 1 to 4096, got true"
             ),
             (#"{"source": "queue", "rate": 0}"#, "jobs/nightly.json: rate: expected a number above 0, got 0"),
             (#"{"source": "queue", "api-url": 5}"#, "api-url: expected a non-empty string, got 5"),

@@ -1,0 +1,143 @@
+import EnrichMetrics
+import EnrichQueue
+import EnrichToken
+import EnrichWorker
+import Logging
+import NymbleAPI
+import Prometheus
+import ServiceLifecycle
+import Synchronization
+
+/// One `enrich run`, from its plan: takes the job's lock (a `--job` run: a second invocation gives up at
+/// once), enqueues the job's source (a failure is recorded as a failed run, so that monitoring sees the
+/// broken night), then runs the ``Worker`` under a `ServiceGroup` (SIGINT/SIGTERM stop it gracefully),
+/// beside the metrics endpoint and the lock's watchdog, and reports how the run ended.
+public struct JobRunner: Sendable {
+    public let plan: RunPlan
+    public let logger: Logger
+    public var onProgress: (@Sendable (WorkerProgress) -> Void)?
+    public var onStopDeadline: (@Sendable (StuckStop) -> Void)?
+
+    public init(
+        plan: RunPlan,
+        logger: Logger,
+        onProgress: (@Sendable (WorkerProgress) -> Void)? = nil,
+        onStopDeadline: (@Sendable (StuckStop) -> Void)? = nil
+    ) {
+        self.plan = plan
+        self.logger = logger
+        self.onProgress = onProgress
+        self.onStopDeadline = onStopDeadline
+    }
+
+    public func run() async throws -> RunReport {
+        try await Database.withDatabase(plan.database, logger: logger) { database in
+            try await JobLock.withLock(jobName: plan.job?.name, database: database) { lock in
+                if let job = plan.job { try await enqueueSource(of: job, into: database) }
+                return try await NymbleClient.withClient(configuration: plan.client, logger: logger) { client in
+                    try await runWorker(database: database, client: client, lock: lock)
+                }
+            }
+        }
+    }
+
+    private func enqueueSource(of job: JobDefinition, into database: Database) async throws {
+        guard case .sql(let sql) = job.source else { return }
+        do {
+            let summary = try await Queue(database: database).enqueue(
+                fromSQL: sql,
+                maxAttempts: plan.worker.maxAttempts ?? 5,
+                origin: "\(job.path): source.sql"
+            )
+            logger.info(
+                "enqueued the job's source",
+                metadata: [
+                    "job": "\(job.name)", "read": "\(summary.read)", "new": "\(summary.inserted)",
+                    "queued_again": "\(summary.requeued)", "already_queued": "\(summary.alreadyQueued)",
+                ]
+            )
+        } catch {
+            // Best effort: the database itself may be what failed.
+            let jobRuns = JobRuns(database: database)
+            if let id = try? await jobRuns.start(jobName: job.name, trigger: plan.worker.trigger, totalItems: nil) {
+                try? await jobRuns.finish(id: id, state: .failed, counters: RunCounters(), lastError: "\(error)")
+            }
+            throw error
+        }
+    }
+
+    private func runWorker(database: Database, client: NymbleClient, lock: JobLock.Held?) async throws -> RunReport {
+        let credentials = plan.credentials
+        let tokens = SharedTokenStore(configuration: plan.token, clock: ContinuousClock(), logger: logger) {
+            try await client.login(credentials)
+        }
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        var metrics = RunMetrics()
+        if let (host, port) = plan.metrics {
+            let registry = PrometheusCollectorRegistry()
+            metrics = RunMetrics(factory: PrometheusMetricsFactory(registry: registry))
+            let endpoint = MetricsEndpoint(registry: registry, host: host, port: port, logger: logger)
+            services.append(.init(service: endpoint, failureTerminationBehavior: .gracefullyShutdownGroup))
+        }
+        if let lock {
+            let watchdog = LockWatchdog(lock: lock, interval: plan.worker.heartbeatInterval)
+            services.append(.init(service: watchdog, failureTerminationBehavior: .gracefullyShutdownGroup))
+        }
+        let worker = Worker(
+            configuration: plan.worker,
+            database: database,
+            api: client,
+            tokens: tokens,
+            logger: logger,
+            metrics: metrics,
+            onProgress: onProgress,
+            onStopDeadline: onStopDeadline
+        )
+        let service = ReportingService(worker: worker)
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)] + services,
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
+        )
+        try await group.run()
+        guard let report = service.report else { throw CancellationError() }
+        return report
+    }
+}
+
+/// Runs the worker as a service and keeps its report (a `Service` returns nothing).
+private final class ReportingService: Service {
+    private let worker: Worker
+    private let result = Mutex<RunReport?>(nil)
+
+    init(worker: Worker) { self.worker = worker }
+
+    var report: RunReport? { result.withLock { $0 } }
+
+    func run() async throws {
+        let report = try await worker.execute()
+        result.withLock { $0 = report }
+    }
+}
+
+/// Checks every heartbeat that the job lock is still held; when its session is gone it fails, and the
+/// service group shuts the worker down gracefully (the run ends `interrupted`, the command exits 2).
+struct LockWatchdog: Service {
+    let lock: JobLock.Held
+    let interval: Duration
+
+    func run() async throws {
+        do {
+            try await cancelWhenGracefulShutdown {
+                while true {
+                    try await Task.sleep(for: interval)
+                    try await lock.verify()
+                }
+            }
+        } catch is CancellationError {
+            return  // the run ended: nothing left to guard
+        }
+    }
+}

@@ -1,0 +1,115 @@
+import EnrichCore
+import EnrichQueue
+import EnrichThrottle
+import EnrichWorker
+import Foundation
+import NymbleAPI
+
+/// The typed configurations of the libraries, from settings: one line per setting, each read with
+/// ``SettingSources/value(_:)`` (flag > environment > job file > the configuration's own default).
+extension SettingSources {
+    public func databaseConfiguration() throws -> DatabaseConfiguration {
+        guard let url = try value(Settings.databaseURL) else {
+            throw SettingError(
+                setting: Settings.databaseURL.name,
+                origin: .missing,
+                problem: "no database: set DATABASE_URL (or DATABASE_URL_FILE) or pass --database-url "
+                    + "postgres://user@host/db"
+            )
+        }
+        var configuration = try DatabaseConfiguration(
+            url: url,
+            schema: try value(Settings.schema) ?? "enrich",
+            maximumConnections: try value(Settings.databaseConnections) ?? 8
+        )
+        if let timeout = try value(Settings.statementTimeout) { configuration.statementTimeout = timeout }
+        return configuration
+    }
+
+    public func workerConfiguration() throws -> WorkerConfiguration {
+        var worker = WorkerConfiguration()
+        worker.follow = try value(Settings.follow) ?? worker.follow
+        worker.concurrency = try value(Settings.concurrency) ?? worker.concurrency
+        worker.rateLimit = try value(Settings.rate)
+        worker.maxAttempts = try value(Settings.maxAttempts)
+        worker.claimBatch = try value(Settings.claimBatch)
+        worker.maxTakeovers = try value(Settings.maxTakeovers) ?? worker.maxTakeovers
+        worker.lease = try value(Settings.lease) ?? worker.lease
+        worker.heartbeatInterval = try value(Settings.heartbeat) ?? worker.heartbeatInterval
+        worker.pollInterval = try value(Settings.pollInterval) ?? worker.pollInterval
+        worker.shutdownGrace = try value(Settings.shutdownGrace) ?? worker.shutdownGrace
+        worker.databaseOutageLimit = try value(Settings.databaseOutageLimit) ?? worker.databaseOutageLimit
+        worker.staleAfter = try value(Settings.staleAfter) ?? worker.staleAfter
+        worker.stallTimeout = try value(Settings.stallTimeout) ?? worker.stallTimeout
+        let base = try value(Settings.retryBase) ?? worker.retryBackoff.base
+        let cap = try value(Settings.retryCap) ?? worker.retryBackoff.cap
+        guard cap >= base else {
+            throw SettingError(
+                setting: Settings.retryCap.name,
+                origin: origin(of: Settings.retryCap),
+                problem: "must be at least the retry base (\(DurationText.format(base)))"
+            )
+        }
+        worker.retryBackoff = Backoff(base: base, cap: cap)
+        worker.writeBatch = try value(Settings.writeBatch) ?? worker.writeBatch
+        worker.maximumPause = try value(Settings.maxPause) ?? worker.maximumPause
+        worker.jobName = try value(Settings.jobName) ?? worker.jobName
+        worker.trigger = try value(Settings.trigger).flatMap(RunTrigger.init(rawValue:)) ?? worker.trigger
+        do {
+            try worker.validate()
+        } catch {
+            // Say where the offending value came from, in the words of the setting that holds it.
+            let setting = Settings.all.first { $0.name == error.setting }
+            throw SettingError(
+                setting: error.setting ?? "",
+                origin: setting.map(origin(of:)) ?? .missing,
+                problem: error.message
+            )
+        }
+        return worker
+    }
+
+    /// The API client's configuration; its HTTP pool is sized to `concurrency` (every task may hold a
+    /// connection, and AsyncHTTPClient fails pool waiters after the connect timeout).
+    public func clientConfiguration(concurrency: Int) throws -> NymbleClientConfiguration {
+        var client = NymbleClientConfiguration()
+        client.baseURL = try value(Settings.apiURL) ?? client.baseURL
+        try Self.checkAPIURL(client.baseURL, origin: origin(of: Settings.apiURL))
+        client.maximumConnections = concurrency
+        client.requestTimeout = try value(Settings.requestTimeout) ?? client.requestTimeout
+        return client
+    }
+
+    public func credentials() throws -> NymbleCredentials {
+        guard let orgCode = try value(Settings.orgCode), let clientID = try value(Settings.clientID) else {
+            throw SettingError(
+                setting: Settings.orgCode.name,
+                origin: .missing,
+                problem: "no API credentials: set NYMBLE_ORG_CODE and NYMBLE_CLIENT_ID (or --org-code, --client-id)"
+            )
+        }
+        guard let secret = try value(Settings.clientSecret) else {
+            throw SettingError(
+                setting: Settings.clientSecret.name,
+                origin: .missing,
+                problem: "no API secret: set NYMBLE_CLIENT_SECRET or NYMBLE_CLIENT_SECRET_FILE"
+            )
+        }
+        return NymbleCredentials(orgCode: orgCode, clientId: clientID, clientSecret: secret)
+    }
+
+    /// A base URL the API client can use: http or https, with a host. Checked before anything is called,
+    /// so that a typo is a configuration error at once, not a network error retried for seconds.
+    static func checkAPIURL(_ text: String, origin: SettingOrigin) throws(SettingError) {
+        guard let url = URLComponents(string: text), let scheme = url.scheme?.lowercased(),
+            scheme == "http" || scheme == "https", let host = url.host, !host.isEmpty
+        else {
+            throw SettingError(
+                setting: Settings.apiURL.name,
+                origin: origin,
+                problem: "'\(text)' is not an API base URL: expected http(s)://host[:port][/path], "
+                    + "e.g. https://api.achievemomentum.com"
+            )
+        }
+    }
+}
