@@ -57,7 +57,9 @@ let package = Package(
         // the typed configurations read from flags > environment > job file > defaults.
         .target(
             name: "EnrichSettings",
-            dependencies: ["EnrichCore", "EnrichQueue", "EnrichWorker", "EnrichThrottle", "NymbleAPI"],
+            dependencies: [
+                "EnrichCore", "EnrichQueue", "EnrichWorker", "EnrichThrottle", "NymbleAPI", "NymbleSimulator",
+            ],
             swiftSettings: swiftSettings
         ),
         // What every module shares: Duration units, human durations, the commerce context of a pair.

@@ -61,13 +61,17 @@ struct SettingsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "settings",
         abstract: "List every setting: flag, environment variable, job-file key, default, meaning.",
-        discussion: "With --markdown it prints the table README.md shows (a test checks that they agree)."
+        discussion: "With --markdown it prints the tables README.md shows (a test checks that they agree)."
     )
 
     @Flag(help: "Print a Markdown table.")
     var markdown = false
 
+    @Flag(help: "The settings of enrich simulate instead of enrich run's.")
+    var simulator = false
+
     func run() {
-        print(markdown ? SettingsHelp.markdown(for: Settings.all) : SettingsHelp.text(for: Settings.all))
+        let settings = simulator ? Settings.Simulator.all : Settings.all
+        print(markdown ? SettingsHelp.markdown(for: settings) : SettingsHelp.text(for: settings))
     }
 }

@@ -32,22 +32,10 @@ struct StatusCommand: AsyncParsableCommand {
     @Flag(help: "Check the last run: one line, exit 7 on a problem (see above).")
     var check = false
 
-    @Option(
-        name: .customLong("max-age"),
-        help: ArgumentHelp(
-            "With --check: a problem when the last run started longer ago than this, e.g. 26h, 90m, 3600 (seconds) (env ENRICH_MAX_AGE; default no limit).",
-            valueName: "duration"
-        )
-    )
+    @Option(name: .customLong(Settings.maxAge.name), help: .init(Settings.maxAge))
     var maxAge: String?
 
-    @Option(
-        name: .customLong("stale-after"),
-        help: ArgumentHelp(
-            "With --check: a running run whose heartbeat is older than this many seconds is stuck (env ENRICH_STALE_AFTER; default 60).",
-            valueName: "seconds"
-        )
-    )
+    @Option(name: .customLong(Settings.staleAfter.name), help: .init(Settings.staleAfter))
     var staleAfter: String?
 
     func validate() throws {
@@ -60,19 +48,10 @@ struct StatusCommand: AsyncParsableCommand {
 
     private func runCheck() async throws -> Int32 {
         let environment = Environment()
-        let maxAgeText = try maxAge ?? environment.value("ENRICH_MAX_AGE")
-        let maxAge = try maxAgeText.map { text in
-            guard let duration = DurationText.parse(text) else {
-                throw ValidationError("--max-age must be a duration such as 26h, 90m or 3600 (got \(text))")
-            }
-            return duration
-        }
-        let stale =
-            try SettingSources(
-                flags: staleAfter.map { [Settings.staleAfter.name: $0] } ?? [:],
-                environment: environment
-            )
-            .value(Settings.staleAfter) ?? .seconds(60)
+        let flags = [Settings.maxAge.name: maxAge, Settings.staleAfter.name: staleAfter].compactMapValues { $0 }
+        let sources = SettingSources(flags: flags, environment: environment)
+        let maxAge = try sources.value(Settings.maxAge)
+        let stale = try sources.value(Settings.staleAfter) ?? .seconds(60)
         let logger = try database.makeLogger()
         let configuration = try database.configuration(environment)
         let job = self.job

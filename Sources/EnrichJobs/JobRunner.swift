@@ -59,7 +59,8 @@ public struct JobRunner: Sendable {
         } catch {
             // Best effort: the database itself may be what failed.
             let jobRuns = JobRuns(database: database)
-            if let id = try? await jobRuns.start(jobName: job.name, trigger: plan.worker.trigger, totalItems: nil) {
+            let start = JobRuns.Start(jobName: job.name, trigger: plan.worker.trigger, totalItems: nil)
+            if let id = try? await jobRuns.start(start) {
                 try? await jobRuns.finish(id: id, state: .failed, counters: RunCounters(), lastError: "\(error)")
             }
             throw error

@@ -76,24 +76,11 @@ public struct DatabaseConfiguration: Sendable, CustomStringConvertible {
 
     /// The PostgresNIO client configuration this URL describes.
     public func clientConfiguration() -> PostgresClient.Configuration {
-        var configuration: PostgresClient.Configuration
-        if let unixSocketPath {
-            configuration = .init(
-                unixSocketPath: unixSocketPath,
-                username: username,
-                password: password,
-                database: database
-            )
-        } else {
-            configuration = .init(
-                host: host,
-                port: port,
-                username: username,
-                password: password,
-                database: database,
-                tls: tls
-            )
-        }
+        let tls = self.tls
+        var configuration = either(
+            socket: { PostgresClient.Configuration(unixSocketPath: $0, username: $1, password: $2, database: $3) },
+            tcp: { .init(host: $0, port: $1, username: $2, password: $3, database: $4, tls: tls) }
+        )
         configuration.options.maximumConnections = maximumConnections
         configuration.options.minimumConnections = 0
         configuration.options.connectTimeout = connectTimeout
@@ -101,35 +88,30 @@ public struct DatabaseConfiguration: Sendable, CustomStringConvertible {
         return configuration
     }
 
-    /// A single-connection configuration (used to check the server before starting the pool).
+    /// A single-connection configuration (direct sessions: checks, locks, bulk loads).
     func connectionConfiguration() throws -> PostgresConnection.Configuration {
-        var configuration: PostgresConnection.Configuration
-        if let unixSocketPath {
-            configuration = .init(
-                unixSocketPath: unixSocketPath,
-                username: username,
-                password: password,
-                database: database
-            )
-        } else {
-            let tls: PostgresConnection.Configuration.TLS
-            switch sslMode {
-            case "disable": tls = .disable
-            case "allow", "prefer": tls = .prefer(try NIOSSLContext(configuration: tlsConfiguration))
-            default: tls = .require(try NIOSSLContext(configuration: tlsConfiguration))
-            }
-            configuration = .init(
-                host: host,
-                port: port,
-                username: username,
-                password: password,
-                database: database,
-                tls: tls
-            )
+        let tls: PostgresConnection.Configuration.TLS
+        switch sslMode {
+        case "disable": tls = .disable
+        case "allow", "prefer": tls = .prefer(try NIOSSLContext(configuration: tlsConfiguration))
+        default: tls = .require(try NIOSSLContext(configuration: tlsConfiguration))
         }
+        var configuration = either(
+            socket: { PostgresConnection.Configuration(unixSocketPath: $0, username: $1, password: $2, database: $3) },
+            tcp: { .init(host: $0, port: $1, username: $2, password: $3, database: $4, tls: tls) }
+        )
         configuration.options.connectTimeout = .init(connectTimeout)
         configuration.options.additionalStartupParameters = [("application_name", "enrich")]
         return configuration
+    }
+
+    /// The socket or the TCP form of a PostgresNIO configuration, whichever this URL names.
+    private func either<Configuration>(
+        socket: (String, String, String?, String) -> Configuration,
+        tcp: (String, Int, String, String?, String) -> Configuration
+    ) -> Configuration {
+        if let unixSocketPath { return socket(unixSocketPath, username, password, database) }
+        return tcp(host, port, username, password, database)
     }
 
     private var tlsConfiguration: TLSConfiguration {

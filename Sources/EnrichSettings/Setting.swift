@@ -110,6 +110,7 @@ public enum SettingGroup: String, Sendable, CaseIterable {
     case run = "Run"
     case output = "Output and monitoring"
     case job = "Jobs"
+    case simulator = "Simulator"
 }
 
 /// Where a setting's value came from: what error messages name.
@@ -211,6 +212,15 @@ extension SettingKind where Value == Duration {
         ) { text in
             guard let value = Double(text), value.isFinite, allowZero ? value >= 0 : value > 0 else { return nil }
             return .seconds(value)
+        }
+    }
+}
+
+extension SettingKind where Value == Duration {
+    /// A duration as people write it: `26h`, `90m`, `1h30m`, `2d` or seconds (``DurationText``).
+    public static var humanDuration: Self {
+        Self(expectation: "a duration such as 26h, 90m, 1h30m or 3600", valueName: "duration", jsonType: .string) {
+            DurationText.parse($0)
         }
     }
 }

@@ -318,6 +318,16 @@ public enum Settings {
         sources: .flagAndEnvironment
     )
 
+    public static let maxAge = Setting(
+        "max-age",
+        environment: "ENRICH_MAX_AGE",
+        kind: .humanDuration,
+        default: "no limit",
+        help: "status --check: a problem when the last run started longer ago than this",
+        group: .output,
+        sources: .flagAndEnvironment
+    )
+
     // MARK: Jobs
 
     public static let job = Setting(
@@ -353,6 +363,9 @@ public enum Settings {
         metricsHost, job, jobsDirectory,
     ]
 
+    /// The settings `enrich status --check` reads besides ``database`` (and ``staleAfter``).
+    public static let status: [any AnySetting] = [maxAge]
+
     /// Every setting.
-    public static var all: [any AnySetting] { database + run }
+    public static var all: [any AnySetting] { database + run + status }
 }

@@ -42,29 +42,19 @@ final class ClaimedRows<C: Clock>: AsyncSequence, Sendable where C.Duration == D
     }
 
     private let state: Mutex<State>
-    private let store: any RunStore
+    private let context: RunContext<C>
     private let ledger: RowLedger
-    private let accounting: RunAccounting
-    private let configuration: WorkerConfiguration
-    private let clock: C
-    private let logger: Logger
+    private var store: any RunStore { context.store }
+    private var configuration: WorkerConfiguration { context.configuration }
+    private var clock: C { context.clock }
+    private var logger: Logger { context.logger }
     /// Wakes the claimer: rows were taken, results were written, a notification arrived, or stop.
     let demand = WakeSignal()
 
-    init(
-        store: any RunStore,
-        ledger: RowLedger,
-        accounting: RunAccounting,
-        configuration: WorkerConfiguration,
-        clock: C,
-        logger: Logger
-    ) {
-        self.store = store
+    init(context: RunContext<C>, ledger: RowLedger) {
+        self.context = context
         self.ledger = ledger
-        self.accounting = accounting
-        self.configuration = configuration
-        self.clock = clock
-        self.logger = logger
+        let configuration = context.configuration
         self.state = Mutex(
             State(
                 sizer: ClaimSizer(
@@ -182,7 +172,7 @@ final class ClaimedRows<C: Clock>: AsyncSequence, Sendable where C.Duration == D
                 continue
             }
             let claimed = try await store.claim(limit: limit)
-            accounting.claimed(claimed.items.count, failed: claimed.failed)
+            context.accounting.claimed(claimed.items.count, failed: claimed.failed)
             if claimed.failed > 0 {
                 logger.warning(
                     "rows taken over too often were marked failed",

@@ -9,16 +9,17 @@ import Synchronization
 /// held, none completed, while nothing is to be waited for). Throws to stop the run: when another runner
 /// marked it abandoned, or when the stall lasted ``WorkerConfiguration/stallTimeout``.
 struct Heartbeat<C: Clock>: Sendable where C.Duration == Duration {
-    let store: any RunStore
+    let context: RunContext<C>
     let rows: ClaimedRows<C>
     let ledger: RowLedger
-    let accounting: RunAccounting
     let progress: RunProgress
     let throttle: Throttle<C>
     let tokens: any TokenProvider
-    let configuration: WorkerConfiguration
-    let clock: C
-    let logger: Logger
+    private var store: any RunStore { context.store }
+    private var accounting: RunAccounting { context.accounting }
+    private var configuration: WorkerConfiguration { context.configuration }
+    private var clock: C { context.clock }
+    private var logger: Logger { context.logger }
 
     func run() async throws {
         var stall = StallWatch(warnAfter: configuration.stallWarning, stopAfter: configuration.stallTimeout)
@@ -74,20 +75,19 @@ struct Heartbeat<C: Clock>: Sendable where C.Duration == Duration {
 /// The rows' side of the heartbeat: extends the leases of the rows this run holds, takes over the rows of
 /// dead runs, and folds the per-state counters every minute.
 struct LeaseKeeper<C: Clock>: Sendable where C.Duration == Duration {
-    let store: any RunStore
+    let context: RunContext<C>
     let rows: ClaimedRows<C>
-    let configuration: WorkerConfiguration
-    let clock: C
-    let logger: Logger
+    private var store: any RunStore { context.store }
+    private var configuration: WorkerConfiguration { context.configuration }
 
     func run() async throws {
         let compactionInterval = Duration.seconds(60)
         var sinceCompaction = Duration.zero
         while true {
-            try await clock.sleep(for: configuration.heartbeatInterval)
+            try await context.clock.sleep(for: configuration.heartbeatInterval)
             try await store.extendLeases()
             let abandoned = try await store.takeOverDeadRuns()
-            WorkerLog.abandoned(abandoned, logger: logger)
+            WorkerLog.abandoned(abandoned, logger: context.logger)
             if abandoned.rowsFreed > 0 { rows.demand.fire() }
             sinceCompaction += configuration.heartbeatInterval
             if sinceCompaction >= compactionInterval {

@@ -28,13 +28,13 @@ enum ItemResult: Sendable {
 ///   full-jitter backoff, and fails for good after its last attempt.
 /// - A login that cannot succeed (invalid credentials) is fatal for the run: ``process(_:)`` throws.
 struct ItemProcessor<C: Clock>: Sendable where C.Duration == Duration {
+    let context: RunContext<C>
     let api: any EnrichmentAPI
     let tokens: any TokenProvider
     let throttle: Throttle<C>
-    let configuration: WorkerConfiguration
-    let accounting: RunAccounting
-    let clock: C
-    let logger: Logger
+    private var configuration: WorkerConfiguration { context.configuration }
+    private var accounting: RunAccounting { context.accounting }
+    private var clock: C { context.clock }
 
     /// The row's outcome. Throws ``WorkerError`` only when no row can succeed (login failure).
     func process(_ item: LeasedItem) async throws(WorkerError) -> ItemResult {

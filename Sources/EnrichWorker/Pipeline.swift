@@ -84,6 +84,7 @@ struct Pipeline<C: Clock>: Sendable where C.Duration == Duration {
     /// The parts of a running pipeline, built once per run.
     fileprivate struct Parts: Sendable {
         let pipeline: Pipeline
+        let context: RunContext<C>
         let control: RunControl<C>
         let throttle: Throttle<C>
         let ledger = RowLedger()
@@ -101,34 +102,18 @@ struct Pipeline<C: Clock>: Sendable where C.Duration == Duration {
             self.pipeline = pipeline
             self.control = control
             self.throttle = throttle
-            let configuration = pipeline.configuration
-            rows = ClaimedRows(
+            let context = RunContext(
                 store: pipeline.store,
-                ledger: ledger,
                 accounting: pipeline.accounting,
-                configuration: configuration,
+                configuration: pipeline.configuration,
                 clock: pipeline.clock,
                 logger: pipeline.logger
             )
-            buffer = ResultBuffer(batchSize: configuration.writeBatch)
-            writer = ResultWriter(
-                buffer: buffer,
-                store: pipeline.store,
-                ledger: ledger,
-                accounting: pipeline.accounting,
-                configuration: configuration,
-                clock: pipeline.clock,
-                logger: pipeline.logger
-            )
-            processor = ItemProcessor(
-                api: pipeline.api,
-                tokens: pipeline.tokens,
-                throttle: throttle,
-                configuration: configuration,
-                accounting: pipeline.accounting,
-                clock: pipeline.clock,
-                logger: pipeline.logger
-            )
+            self.context = context
+            rows = ClaimedRows(context: context, ledger: ledger)
+            buffer = ResultBuffer(batchSize: context.configuration.writeBatch)
+            writer = ResultWriter(context: context, buffer: buffer, ledger: ledger)
+            processor = ItemProcessor(context: context, api: pipeline.api, tokens: pipeline.tokens, throttle: throttle)
             progress = RunProgress(initialTotal: pipeline.initialTotal)
         }
 
@@ -346,28 +331,16 @@ private enum TaskEnded: Sendable {
 extension Heartbeat {
     fileprivate init(parts: Pipeline<C>.Parts) {
         self.init(
-            store: parts.pipeline.store,
+            context: parts.context,
             rows: parts.rows,
             ledger: parts.ledger,
-            accounting: parts.pipeline.accounting,
             progress: parts.progress,
             throttle: parts.throttle,
-            tokens: parts.pipeline.tokens,
-            configuration: parts.configuration,
-            clock: parts.clock,
-            logger: parts.logger
+            tokens: parts.pipeline.tokens
         )
     }
 }
 
 extension LeaseKeeper {
-    fileprivate init(parts: Pipeline<C>.Parts) {
-        self.init(
-            store: parts.pipeline.store,
-            rows: parts.rows,
-            configuration: parts.configuration,
-            clock: parts.clock,
-            logger: parts.logger
-        )
-    }
+    fileprivate init(parts: Pipeline<C>.Parts) { self.init(context: parts.context, rows: parts.rows) }
 }

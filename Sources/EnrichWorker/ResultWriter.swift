@@ -52,13 +52,14 @@ final class ResultBuffer: Sendable {
 /// ``WorkerConfiguration/writeDelay`` after the first one arrived, so a thousand calls per second cost a
 /// few dozen statements, not a thousand. Each batch is one statement: all of it is written or none.
 struct ResultWriter<C: Clock>: Sendable where C.Duration == Duration {
+    let context: RunContext<C>
     let buffer: ResultBuffer
-    let store: any RunStore
     let ledger: RowLedger
-    let accounting: RunAccounting
-    let configuration: WorkerConfiguration
-    let clock: C
-    let logger: Logger
+    private var store: any RunStore { context.store }
+    private var accounting: RunAccounting { context.accounting }
+    private var configuration: WorkerConfiguration { context.configuration }
+    private var clock: C { context.clock }
+    private var logger: Logger { context.logger }
 
     /// Writes batches until the buffer is closed and empty. Throws when the store gives up (the database
     /// stayed away past the outage limit); what could not be written stays in the buffer.

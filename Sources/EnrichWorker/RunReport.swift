@@ -13,24 +13,6 @@ public struct WorkerProgress: Sendable {
     /// The throttle's current send rate; nil while unlimited.
     public var sendRate: Double?
     public var logins: Int
-
-    public init(
-        runID: Int64,
-        statistics: RunAccounting.Snapshot,
-        totalItems: Int64?,
-        elapsed: Duration,
-        itemsPerSecond: Double,
-        sendRate: Double?,
-        logins: Int
-    ) {
-        self.runID = runID
-        self.statistics = statistics
-        self.totalItems = totalItems
-        self.elapsed = elapsed
-        self.itemsPerSecond = itemsPerSecond
-        self.sendRate = sendRate
-        self.logins = logins
-    }
 }
 
 /// A stopping run that was still not gone at its stop deadline (see ``Worker``).

@@ -20,7 +20,7 @@ struct CLIParsingTests {
         let environment = Environment([
             "ENRICH_SIM_RATE": "5", "ENRICH_SIM_ERROR_RATE": "0.1", "NYMBLE_CLIENT_ID": "abc",
         ])
-        let configuration = try command.simulatorConfiguration(environment)
+        let configuration = try command.sources(environment).simulatorConfiguration()
         #expect(configuration.accessRate == 300)
         #expect(configuration.retryAfterStyle == .httpDate)
         #expect(configuration.latency == .init(minimum: .milliseconds(20), maximum: .milliseconds(80)))
@@ -29,16 +29,20 @@ struct CLIParsingTests {
         #expect(configuration.port == 8080)
     }
 
-    @Test("simulate rejects a share outside 0...1 and an unknown Retry-After form")
+    @Test("simulate rejects a share outside 0...1 and an unknown Retry-After form, naming flag or variable")
     func simulateValidation() throws {
         let command = try #require(
             try EnrichCommand.parseAsRoot(["simulate", "--error-rate", "1.5"]) as? SimulateCommand
         )
-        #expect(throws: ValidationError.self) { try command.simulatorConfiguration(Environment([:])) }
-        let other = try #require(try EnrichCommand.parseAsRoot(["simulate"]) as? SimulateCommand)
-        #expect(throws: ValidationError.self) {
-            try other.simulatorConfiguration(Environment(["ENRICH_SIM_RETRY_AFTER": "later"]))
+        let error = #expect(throws: SettingError.self) {
+            try command.sources(Environment([:])).simulatorConfiguration()
         }
+        #expect(error?.description == "--error-rate: expected a share from 0 to 1, got \"1.5\"")
+        let other = try #require(try EnrichCommand.parseAsRoot(["simulate"]) as? SimulateCommand)
+        let variable = #expect(throws: SettingError.self) {
+            try other.sources(Environment(["ENRICH_SIM_RETRY_AFTER": "later"])).simulatorConfiguration()
+        }
+        #expect(variable?.description.hasPrefix("environment variable ENRICH_SIM_RETRY_AFTER: expected one of") == true)
     }
 
     @Test("a malformed environment variable is named in the error")

@@ -1,10 +1,10 @@
 import ArgumentParser
 import EnrichQueue
-import EnrichWorker
 import Foundation
 import Testing
 
 @testable import EnrichCLI
+@testable import EnrichWorker
 
 @Suite("Progress line")
 struct ProgressLineTests {
