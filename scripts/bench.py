@@ -16,6 +16,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib
 from harness import ENRICH, SCRATCH, Simulator, enrich, environment, prepare  # noqa: E402
 
 QUICK = os.environ.get("ENRICH_BENCH_QUICK") == "1"
+# ENRICH_BENCH_BINARIES="before=/path/a,after=/path/b" runs each scenario once per binary, in the same run
+# (the simulator and the database ceiling stay this build's), for side-by-side figures.
+BINARIES = [tuple(item.split("=", 1)) for item in os.environ.get("ENRICH_BENCH_BINARIES", "").split(",") if item]
+RUN_BINARY = ENRICH
 
 
 class Run:
@@ -25,7 +29,7 @@ class Run:
         self.timing = os.path.join(SCRATCH, f"time-{schema}-{time.time_ns()}")
         self.errors = open(self.timing + ".stderr", "w")
         self.process = subprocess.Popen(
-            ["/usr/bin/time", "-f", "%U %S %M", "-o", self.timing, ENRICH, "run", *args],
+            ["/usr/bin/time", "-f", "%U %S %M", "-o", self.timing, RUN_BINARY, "run", *args],
             env=environment(schema, base_url, **extra), stdout=subprocess.PIPE, stderr=self.errors, text=True)
         self.started = time.time()
 
@@ -252,16 +256,21 @@ SCENARIOS = {
 
 
 def main(names):
+    global RUN_BINARY
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         sys.exit(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
     results = []
     for name in names or list(SCENARIOS):
-        started = time.time()
-        result = SCENARIOS[name]()
-        result["bench_seconds"] = round(time.time() - started, 1)
-        print(json.dumps(result), flush=True)
-        results.append(result)
+        for label, path in BINARIES or [("", ENRICH)]:
+            RUN_BINARY = os.path.abspath(path)
+            started = time.time()
+            result = SCENARIOS[name]()
+            if label:
+                result = {"scenario": result["scenario"], "binary": label, **result}
+            result["bench_seconds"] = round(time.time() - started, 1)
+            print(json.dumps(result), flush=True)
+            results.append(result)
     print()
     print(f"{'scenario':<15} {'result':<6} figures")
     for result in results:
