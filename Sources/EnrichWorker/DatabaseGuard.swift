@@ -67,7 +67,11 @@ final class DatabaseGuard: Sendable {
                 if let error = error as? DatabaseError, !error.isTransient { throw error }
                 let now = ContinuousClock.now
                 // The run is stopping and its time is up, or the outage limit was reached: no more retries.
-                if gaveUp { throw error }
+                if gaveUp {
+                    // Another statement spent the budget: this one ends the run the same way, in the same words.
+                    let outage = state.withLock { $0.budget.failingSince.map { $0.duration(to: now) } } ?? .zero
+                    throw await unavailable(for: outage, error)
+                }
                 if let hard = state.withLock({ $0.hardDeadline }), now >= hard { throw error }
                 let (outage, firstWarning, retryBy) = state.withLock { state in
                     let outage = state.budget.recordFailure(startedAt: started, now: now)
@@ -76,13 +80,7 @@ final class DatabaseGuard: Sendable {
                 }
                 if let outage {
                     state.withLock { $0.gaveUp = true }
-                    let cause = await database.probe() ?? "\(error)"
-                    throw WorkerError.databaseUnavailable(
-                        server: database.configuration.description,
-                        for: outage,
-                        limit: state.withLock { $0.budget.limit },
-                        cause: cause
-                    )
+                    throw await unavailable(for: outage, error)
                 }
                 failures += 1
                 if firstWarning {
@@ -100,5 +98,17 @@ final class DatabaseGuard: Sendable {
                 try await Task.sleep(until: min(now + backoff, max(retryBy, now)), clock: .continuous)
             }
         }
+    }
+
+    /// The error that ends a run whose database stayed away past the outage limit, naming the server and
+    /// the cause in plain words (from a fresh connection attempt when one can tell).
+    private func unavailable(for outage: Duration, _ error: any Error) async -> WorkerError {
+        let cause = await database.probe() ?? "\(error)"
+        return WorkerError.databaseUnavailable(
+            server: database.configuration.description,
+            for: outage,
+            limit: state.withLock { $0.budget.limit },
+            cause: cause
+        )
     }
 }
