@@ -18,6 +18,9 @@ extension Queue {
         let currencies = done.map { $0.context.currencyCode ?? "" }
         // PostgreSQL text cannot hold NUL; an API's error excerpt might.
         let reasons = failures.map { String($0.reason.replacingOccurrences(of: "\u{0}", with: "").prefix(2000)) }
+        // `lease_owner = owner` implies `state = 'running'` (queue_items_lease_check); saying `state` too would
+        // let the planner pick the partial run index and scan every running row of the run, which it did
+        // (a hash join over 80,000 rows per batch) when the statistics lagged behind a fast run.
         let query: PostgresQuery = """
             WITH done AS (
                 UPDATE \(unescaped: schema).queue_items AS item SET
@@ -33,7 +36,7 @@ extension Queue {
                             \(currencies)::text[], \(done.map { $0.context.currencyCode != nil })::bool[])
                     AS d(id, claim, customer, has_customer, tier, has_tier, currency, has_currency)
                 WHERE item.id = d.id AND item.claims = d.claim
-                    AND item.state = 'running' AND item.lease_owner = \(owner)
+                    AND item.lease_owner = \(owner)
                 RETURNING item.id
             ), failed AS (
                 UPDATE \(unescaped: schema).queue_items AS item SET
@@ -49,7 +52,7 @@ extension Queue {
                             \(failures.map { $0.retryAfter?.inSeconds ?? 0 })::float8[])
                     AS f(id, claim, reason, permanent, delay)
                 WHERE item.id = f.id AND item.claims = f.claim
-                    AND item.state = 'running' AND item.lease_owner = \(owner)
+                    AND item.lease_owner = \(owner)
                 RETURNING item.id, item.state = 'failed' AS for_good
             ), released AS (
                 UPDATE \(unescaped: schema).queue_items AS item SET
@@ -59,7 +62,7 @@ extension Queue {
                             \(releases.map(\.after.inSeconds))::float8[])
                     AS r(id, claim, delay)
                 WHERE item.id = r.id AND item.claims = r.claim
-                    AND item.state = 'running' AND item.lease_owner = \(owner)
+                    AND item.lease_owner = \(owner)
                 RETURNING item.id
             )
             SELECT 0, id, false FROM done

@@ -2,13 +2,14 @@ import EnrichQueue
 import Logging
 import Synchronization
 
-/// The rows a run works through, as an `AsyncSequence` (after swift-jobs' `JobQueueProcessor`): the
-/// pipeline's one loop iterates it, and its claimer (``runClaimer()``) refills it in the background.
+/// The rows a run works through, as an `AsyncSequence` (after swift-jobs' `JobQueueProcessor`) shared by the
+/// pipeline's worker tasks, each iterating it; its claimer (``runClaimer()``) refills it in the background.
 ///
 /// It keeps about one second of work claimed (what the loop takes per second, at least the concurrency, at
 /// most the claim batch; ``ClaimSizer``) and claims again when half of that is left, so a worker task almost
 /// never waits for the database, memory stays flat however long the queue is, and a worker that dies
-/// leaves few rows behind. The sequence ends when the run stops, or, in drain mode, when the queue is
+/// leaves few rows behind: rows held in all (claimed, calling, or waiting for the writer) stay under that
+/// target plus the concurrency plus one write batch. The sequence ends when the run stops, or, in drain mode, when the queue is
 /// settled: every row handed out is written back (``RowLedger``), nothing is pending (rows waiting for a
 /// retry are waited for) and nothing is running under another live run (a dead run's rows are taken over
 /// at once). In follow mode it waits for new work instead.
@@ -20,11 +21,18 @@ final class ClaimedRows<C: Clock>: AsyncSequence, Sendable where C.Duration == D
         var head = 0
         var stopped = false
         var exhausted = false
-        var consumer: (id: UInt64, continuation: CheckedContinuation<LeasedItem?, Never>)?
+        /// Worker tasks waiting for a row, first come first served.
+        var consumers: [(id: UInt64, continuation: CheckedContinuation<LeasedItem?, Never>)] = []
         var nextConsumerID: UInt64 = 0
         var sizer: ClaimSizer<C.Instant>
 
         var buffered: Int { buffer.count - head }
+
+        /// Removes the waiting consumers, to resume them with nil (the sequence ended).
+        mutating func takeConsumers() -> [CheckedContinuation<LeasedItem?, Never>] {
+            defer { consumers = [] }
+            return consumers.map(\.continuation)
+        }
 
         mutating func popFirst() -> LeasedItem? {
             guard head < buffer.count else { return nil }
@@ -48,8 +56,9 @@ final class ClaimedRows<C: Clock>: AsyncSequence, Sendable where C.Duration == D
     private var configuration: WorkerConfiguration { context.configuration }
     private var clock: C { context.clock }
     private var logger: Logger { context.logger }
-    /// Wakes the claimer: rows were taken, results were written, a notification arrived, or stop.
-    let demand = WakeSignal()
+    /// Wakes the claimer: rows were taken, results were written (``RowLedger``), a notification arrived,
+    /// or stop.
+    var demand: WakeSignal { ledger.claimerWake }
 
     init(context: RunContext<C>, ledger: RowLedger) {
         self.context = context
@@ -76,13 +85,15 @@ final class ClaimedRows<C: Clock>: AsyncSequence, Sendable where C.Duration == D
     /// Claimed rows no worker task has started.
     var buffered: Int { state.withLock { $0.buffered } }
 
-    /// The next row; nil when the run is over (drained, stopping) or the task is cancelled. One consumer.
+    /// The next row; nil when the run is over (drained, stopping) or the task is cancelled. Any number of
+    /// consumers.
     private func next() async -> LeasedItem? {
         let now = clock.now
         let step = state.withLock { state -> NextStep in
             if state.stopped || Task.isCancelled { return .end }
             if let item = state.popFirst() {
                 state.sizer.recordStarted(1, at: now)
+                ledger.handedOut(1)
                 return .row(item, refill: state.buffered < state.sizer.lowWatermark(at: now))
             }
             if state.exhausted { return .end }
@@ -91,7 +102,6 @@ final class ClaimedRows<C: Clock>: AsyncSequence, Sendable where C.Duration == D
         }
         switch step {
         case .row(let item, let refill):
-            ledger.handedOut(1)
             if refill { demand.fire() }
             return item
         case .end:
@@ -106,34 +116,32 @@ final class ClaimedRows<C: Clock>: AsyncSequence, Sendable where C.Duration == D
                         if state.stopped || state.exhausted || Task.isCancelled { return .some(nil) }
                         if let item = state.popFirst() {
                             state.sizer.recordStarted(1, at: now)
+                            ledger.handedOut(1)
                             return .some(item)
                         }
-                        state.consumer = (id, continuation)
+                        state.consumers.append((id, continuation))
                         return nil
                     }
                     if let answer { continuation.resume(returning: answer) }
                 }
             } onCancel: {
                 let waiting = state.withLock { state -> CheckedContinuation<LeasedItem?, Never>? in
-                    guard let consumer = state.consumer, consumer.id == id else { return nil }
-                    state.consumer = nil
-                    return consumer.continuation
+                    guard let index = state.consumers.firstIndex(where: { $0.id == id }) else { return nil }
+                    return state.consumers.remove(at: index).continuation
                 }
                 waiting?.resume(returning: nil)
             }
-            if item != nil { ledger.handedOut(1) }
             return item
         }
     }
 
-    /// Ends the sequence: the consumer gets nil. Rows still buffered stay for ``takeUnstarted()``.
+    /// Ends the sequence: the consumers get nil. Rows still buffered stay for ``takeUnstarted()``.
     func stop() {
-        let waiting = state.withLock { state -> CheckedContinuation<LeasedItem?, Never>? in
+        let waiting = state.withLock { state in
             state.stopped = true
-            defer { state.consumer = nil }
-            return state.consumer?.continuation
+            return state.takeConsumers()
         }
-        waiting?.resume(returning: nil)
+        for continuation in waiting { continuation.resume(returning: nil) }
         demand.fire()
     }
 
@@ -158,7 +166,7 @@ final class ClaimedRows<C: Clock>: AsyncSequence, Sendable where C.Duration == D
             let (stopped, exhausted, buffered, target, low, waiting) = state.withLock { state in
                 (
                     state.stopped, state.exhausted, state.buffered, state.sizer.target(at: now),
-                    state.sizer.lowWatermark(at: now), state.consumer != nil
+                    state.sizer.lowWatermark(at: now), !state.consumers.isEmpty
                 )
             }
             if stopped || exhausted { return }
@@ -166,7 +174,13 @@ final class ClaimedRows<C: Clock>: AsyncSequence, Sendable where C.Duration == D
                 await demand.wait(timeout: configuration.pollInterval, clock: clock)
                 continue
             }
-            let limit = target - buffered
+            // Backpressure: rows whose results wait for the writer count against what may be held, so a
+            // writer slower than the API (a slow database) slows the claims instead of piling up leased rows.
+            let held = buffered + ledger.outstanding
+            let limit = Swift.min(
+                target - buffered,
+                target + configuration.concurrency + configuration.writeBatch - held
+            )
             guard limit > 0 else {
                 await demand.wait(timeout: configuration.pollInterval, clock: clock)
                 continue
@@ -204,12 +218,11 @@ final class ClaimedRows<C: Clock>: AsyncSequence, Sendable where C.Duration == D
             if abandoned.rowsFreed > 0 { next = .zero }
         }
         if next == nil && settledEverything && !configuration.follow {
-            let waiting = state.withLock { state -> CheckedContinuation<LeasedItem?, Never>? in
+            let waiting = state.withLock { state in
                 state.exhausted = true
-                defer { state.consumer = nil }
-                return state.consumer?.continuation
+                return state.takeConsumers()
             }
-            waiting?.resume(returning: nil)
+            for continuation in waiting { continuation.resume(returning: nil) }
             logger.debug("queue drained")
             return
         }
@@ -222,18 +235,18 @@ final class ClaimedRows<C: Clock>: AsyncSequence, Sendable where C.Duration == D
 
     private func deliver(_ items: [LeasedItem]) {
         let now = clock.now
-        let waiting = state.withLock { state -> (CheckedContinuation<LeasedItem?, Never>, LeasedItem)? in
-            var rest = items[...]
-            var handed: (CheckedContinuation<LeasedItem?, Never>, LeasedItem)?
-            if let consumer = state.consumer, let first = rest.popFirst() {
-                state.consumer = nil
-                state.sizer.recordStarted(1, at: now)
-                handed = (consumer.continuation, first)
+        let handed = state.withLock { state -> [(CheckedContinuation<LeasedItem?, Never>, LeasedItem)] in
+            let count = Swift.min(state.consumers.count, items.count)
+            let handed = zip(state.consumers.prefix(count).map(\.continuation), items.prefix(count))
+            state.consumers.removeFirst(count)
+            if count > 0 {
+                state.sizer.recordStarted(count, at: now)
+                ledger.handedOut(count)
             }
-            state.buffer.append(contentsOf: rest)
-            return handed
+            state.buffer.append(contentsOf: items.dropFirst(count))
+            return Array(handed)
         }
-        if let (continuation, item) = waiting { continuation.resume(returning: item) }
+        for (continuation, item) in handed { continuation.resume(returning: item) }
     }
 }
 
@@ -244,13 +257,21 @@ private enum NextStep {
     case wait(UInt64)
 }
 
-/// Rows handed to worker tasks and rows whose result is written: the claimer ends a drain only when the two
-/// agree. Shared by the rows (handed out) and the writer (settled), so neither refers to the other.
+/// Rows handed to worker tasks (counted under the rows' lock as they leave the buffer, so a row is always
+/// either buffered or outstanding) and rows whose result is written: the claimer ends a drain only when the
+/// two agree, and holds back claims while too many results wait to be written. Shared by the rows (handed out) and the writer (settled), so neither refers to the other; a
+/// settlement wakes the claimer, which may be waiting for the last results to end the drain.
 final class RowLedger: Sendable {
     private let counts = Mutex((handedOut: 0, settled: 0))
+    /// The claimer's wake-up.
+    let claimerWake = WakeSignal()
 
     func handedOut(_ count: Int) { counts.withLock { $0.handedOut += count } }
-    func settled(_ count: Int) { counts.withLock { $0.settled += count } }
+
+    func settled(_ count: Int) {
+        counts.withLock { $0.settled += count }
+        claimerWake.fire()
+    }
 
     /// Rows handed out whose result is not written yet.
     var outstanding: Int { counts.withLock { $0.handedOut - $0.settled } }

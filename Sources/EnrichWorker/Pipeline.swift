@@ -8,8 +8,8 @@ import ServiceLifecycle
 /// database and HTTP in production; in-memory edges and a manual clock in unit tests).
 ///
 /// ```
-/// ClaimedRows ──▶ the processor loop ──one task per row, at most `concurrency`──▶ ResultBuffer ──▶ ResultWriter
-///  (claimer)       (for await row in rows)     ItemProcessor: throttle → token → API       (batches)   (store.write)
+/// ClaimedRows ──▶ `concurrency` worker tasks (for await row in rows) ──▶ ResultBuffer ──▶ ResultWriter
+///  (claimer)        ItemProcessor: throttle → token → API                 (batches)   (store.write)
 /// Heartbeat · LeaseKeeper · new-work listener · progress · shutdown watcher · stop deadline   ─▶ RunAccounting
 /// ```
 ///
@@ -147,8 +147,10 @@ struct Pipeline<C: Clock>: Sendable where C.Duration == Duration {
             if writerFailed { await writer.flushRemaining() }
         }
 
-        /// The bounded task group: one child task per row, at most `concurrency` at a time, and the grace
-        /// timer that cancels the calls in flight once a stop's grace is over.
+        /// The bounded task group: `concurrency` worker tasks, each taking rows from ``ClaimedRows`` until it
+        /// ends, and the grace timer that cancels the calls in flight once a stop's grace is over. Long-lived
+        /// workers rather than a task per row: a row then costs no task creation and no wake-up of a
+        /// spawning loop (measured: about a fifth of the CPU per row with an instant API).
         private func processRows() async {
             await withTaskGroup(of: TaskEnded.self) { group in
                 group.addTask {
@@ -160,34 +162,35 @@ struct Pipeline<C: Clock>: Sendable where C.Duration == Duration {
                         return .timerCancelled
                     }
                 }
-                var running = 0
-                func reap(_ ended: TaskEnded?) {
+                for _ in 0..<configuration.concurrency {
+                    group.addTask {
+                        for await row in rows {
+                            // A stop means no new call: a row taken just before it goes back unstarted.
+                            if control.stopDeadline != nil {
+                                buffer.add(.released(Release(item: row, after: .zero)))
+                                continue
+                            }
+                            await process(row)
+                        }
+                        return .worker
+                    }
+                }
+                var working = configuration.concurrency
+                while let ended = await group.next() {
                     switch ended {
-                    case .row: running -= 1
+                    case .worker:
+                        working -= 1
+                        if working == 0 { group.cancelAll() }
                     case .graceOver:
                         logger.warning(
                             "shutdown grace over: cancelling in-flight calls; their rows are released",
                             metadata: ["grace": "\(configuration.shutdownGrace)"]
                         )
                         group.cancelAll()
-                    case .timerCancelled, nil: break
+                    case .timerCancelled:
+                        break
                     }
                 }
-                for await row in rows {
-                    while running >= configuration.concurrency { reap(await group.next()) }
-                    // A stop means no new call: a row taken just before it goes back unstarted.
-                    if control.stopDeadline != nil {
-                        buffer.add(.released(Release(item: row, after: .zero)))
-                        continue
-                    }
-                    group.addTask {
-                        await process(row)
-                        return .row
-                    }
-                    running += 1
-                }
-                while running > 0 { reap(await group.next()) }
-                group.cancelAll()
             }
         }
 
@@ -323,9 +326,9 @@ struct Pipeline<C: Clock>: Sendable where C.Duration == Duration {
     }
 }
 
-/// How a child of the processor loop's task group ended.
+/// How a child of the worker tasks' group ended.
 private enum TaskEnded: Sendable {
-    case row, graceOver, timerCancelled
+    case worker, graceOver, timerCancelled
 }
 
 extension Heartbeat {

@@ -8,21 +8,35 @@ final class ResultBuffer: Sendable {
     private struct State {
         var results: [ItemResult] = []
         var closed = false
+        /// The writer waits for a first result (it found the buffer empty).
+        var writerIdle = false
     }
 
     private let state = Mutex(State())
     private let batchSize: Int
-    /// Fired when a result arrives in an empty buffer, when a batch is full, and on ``close()``.
+    /// Fired when a result arrives while the writer is idle (``waitForResults(timeout:clock:)``), when a batch
+    /// is full, and on ``close()``. Not on every first result: a wake-up left pending while the writer was
+    /// busy would end its next batching delay at once and cut batches to a few rows.
     let arrived = WakeSignal()
 
     init(batchSize: Int) { self.batchSize = batchSize }
 
     func add(_ result: ItemResult) {
-        let count = state.withLock { state in
+        let wake = state.withLock { state in
             state.results.append(result)
-            return state.results.count
+            defer { state.writerIdle = false }
+            return state.writerIdle || state.results.count == batchSize
         }
-        if count == 1 || count == batchSize { arrived.fire() }
+        if wake { arrived.fire() }
+    }
+
+    /// Waits until a result arrives, the buffer is closed, or `timeout`; at once when results wait.
+    func waitForResults<C: Clock>(timeout: Duration, clock: C) async where C.Duration == Duration {
+        let idle = state.withLock { state in
+            state.writerIdle = state.results.isEmpty && !state.closed
+            return state.writerIdle
+        }
+        if idle { await arrived.wait(timeout: timeout, clock: clock) }
     }
 
     /// No more results will come: the writer ends once it has written what is here.
@@ -68,7 +82,7 @@ struct ResultWriter<C: Clock>: Sendable where C.Duration == Duration {
             let (count, closed) = buffer.status
             if count == 0 {
                 if closed { return }
-                await buffer.arrived.wait(timeout: .seconds(1), clock: clock)
+                await buffer.waitForResults(timeout: .seconds(1), clock: clock)
                 continue
             }
             if count < configuration.writeBatch && !closed {

@@ -22,6 +22,7 @@ final class MemoryRunStore: RunStore {
     private struct State {
         var rows: [Row]
         var writes = 0
+        var mostHeld = 0
         var heartbeats: [HeartbeatRecord] = []
         var ends: [RunEnd] = []
     }
@@ -36,6 +37,8 @@ final class MemoryRunStore: RunStore {
     }
 
     var rows: [Row] { state.withLock { $0.rows } }
+    /// The most rows this run held (running) at once, as of each claim.
+    var mostHeld: Int { state.withLock { $0.mostHeld } }
     var ends: [RunEnd] { state.withLock { $0.ends } }
     var heartbeats: [HeartbeatRecord] { state.withLock { $0.heartbeats } }
 
@@ -73,6 +76,7 @@ final class MemoryRunStore: RunStore {
                     )
                 )
             }
+            state.mostHeld = max(state.mostHeld, state.rows.count { $0.state == .running && $0.heldByUs })
             return Claimed(items: items, failed: 0)
         }
     }
