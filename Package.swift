@@ -22,6 +22,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
         // Tests only: parses docker-compose.yml.
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
@@ -70,9 +71,19 @@ let package = Package(
             name: "EnrichJobs",
             dependencies: [
                 "EnrichCore", "EnrichQueue", "EnrichSettings", "EnrichWorker", "EnrichToken", "NymbleAPI",
-                "EnrichMetrics",
+                "EnrichMetrics", "EnrichFleet",
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // What the workers of a schema share through PostgreSQL: one sealed token, one send budget.
+        .target(
+            name: "EnrichFleet",
+            dependencies: [
+                "EnrichCore", "EnrichQueue", "EnrichToken", "EnrichThrottle", "NymbleAPI",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
@@ -142,7 +153,7 @@ let package = Package(
             name: "EnrichUnitTests",
             dependencies: [
                 "EnrichCore", "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "EnrichWorker", "EnrichCLI",
-                "EnrichJobs", "EnrichSettings",
+                "EnrichJobs", "EnrichSettings", "EnrichFleet",
                 .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
@@ -152,7 +163,7 @@ let package = Package(
             name: "EnrichIntegrationTests",
             dependencies: [
                 "EnrichCore", "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "EnrichWorker",
-                "NymbleSimulator", "EnrichCLI", "EnrichJobs", "EnrichMetrics", "EnrichSettings",
+                "NymbleSimulator", "EnrichCLI", "EnrichJobs", "EnrichMetrics", "EnrichSettings", "EnrichFleet",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

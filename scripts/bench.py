@@ -123,6 +123,73 @@ def limit(known):
     return result
 
 
+def psql(sql):
+    return subprocess.run(["psql", os.environ["DATABASE_URL"], "-Atqc", sql], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def enrich_pid(run):
+    """The pid of the `enrich` process under a Run's /usr/bin/time."""
+    children = subprocess.run(["pgrep", "-P", str(run.process.pid)], capture_output=True, text=True).stdout.split()
+    return int(children[0])
+
+
+def fleet(known):
+    """4 workers x 32 tasks on one queue against an API limited to 300/s with 20 s tokens, past several
+    token lifetimes; one worker SIGKILLed and restarted near the end (the takeover time)."""
+    limit_rate, lifetime, workers = 300, 20, 4
+    seconds = 35 if QUICK else 75
+    schema = "bench_fleet"
+    prepare(schema, limit_rate * (seconds + 30))
+    args = ["--concurrency", "32"] + (["--rate", str(limit_rate)] if known else [])
+    with Simulator("--rate", str(limit_rate), "--token-lifetime", str(lifetime)) as simulator:
+        runs = [Run(schema, simulator.url, *args) for _ in range(workers)]
+        samples = sample(simulator, runs[0], seconds - 12)
+        # Kill one worker and start a replacement: how long until the dead worker's rows are taken over.
+        victim = runs.pop()
+        pid = enrich_pid(victim)
+        run_id = psql(f"SELECT id FROM {schema}.job_runs WHERE pid = {pid} AND state = 'running'")
+        os.kill(pid, signal.SIGKILL)
+        killed = time.time()
+        victim.wait(timeout=30)
+        runs.append(Run(schema, simulator.url, *args))
+        takeover = None
+        while time.time() - killed < 30:
+            held = psql(f"SELECT count(*) FROM {schema}.queue_items WHERE state = 'running' AND job_run_id = {run_id}")
+            if held == "0":
+                takeover = time.time() - killed
+                break
+            time.sleep(0.05)
+        samples += sample(simulator, runs[0], seconds)  # runs[0] is still the first worker: same time axis
+        for run in runs:
+            run.stop()
+        for run in runs:
+            run.wait(timeout=60)
+        final = simulator.stats()
+    sustained, share_429, span = window(samples, 10, seconds)
+    calls = final["access200"] + final["access429"] + final["access5xx"] + final["access401"] + final["access400"]
+    reservations = int(psql(f"SELECT coalesce(sum(reservations), 0) FROM {schema}.api_limiter") or 0)
+    allowed_logins = math.ceil(seconds / (lifetime * 0.9)) + 1
+    result = {
+        "scenario": "fleet-known-rate" if known else "fleet-unknown-rate", "workers": workers, "limit": limit_rate,
+        "token_lifetime": lifetime, "window_seconds": round(span), "items_per_second": round(sustained, 1),
+        "share_of_limit": round(sustained / limit_rate, 4), "share_429_after_10s": round(share_429, 4),
+        "throttled_total": final["access429"], "logins": final["logins"], "logins_allowed": allowed_logins,
+        "login_429s": final["loginsThrottled"], "takeover_seconds": takeover and round(takeover, 2),
+        "budget_round_trips_per_call": round(reservations / max(1, calls), 4),
+    }
+    logins_ok = final["logins"] <= allowed_logins and final["loginsThrottled"] == 0
+    takeover_ok = takeover is not None and takeover <= 2
+    if known:
+        result.update(target="0 429s, logins <= one per lifetime + 1, takeover <= 2 s",
+                      **{"pass": final["access429"] == 0 and logins_ok and takeover_ok})
+    else:
+        result.update(target=">= 97% of the limit, <= 1% 429s after 10 s, logins <= one per lifetime + 1, "
+                             "takeover <= 2 s",
+                      **{"pass": sustained / limit_rate >= 0.97 and share_429 <= 0.01 and logins_ok and takeover_ok})
+    return result
+
+
 def run_log_count(run, text):
     return sum(text in line for line in open(run.timing + ".stderr"))
 
@@ -252,6 +319,7 @@ def pickup():
 SCENARIOS = {
     "overhead": overhead, "unknown-limit": lambda: limit(False), "known-limit": lambda: limit(True),
     "latency": latency, "logins": logins, "memory": memory, "pickup": pickup,
+    "fleet-unknown-rate": lambda: fleet(False), "fleet-known-rate": lambda: fleet(True),
 }
 
 

@@ -76,15 +76,16 @@ struct StatusCommand: AsyncParsableCommand {
     private func show() async throws -> Int32 {
         let logger = try database.makeLogger()
         let configuration = try database.configuration()
-        let (counts, runs, dead) = try await Database.withDatabase(configuration, logger: logger) { db in
+        let (counts, fleet, runs, dead) = try await Database.withDatabase(configuration, logger: logger) { db in
             let queue = Queue(database: db)
             let jobRuns = JobRuns(database: db)
             try await queue.compactCounts()
             let runs = try await jobRuns.recent(limit: limit, jobName: job)
-            let running = runs.filter { $0.state == .running }.map(\.id)
-            return (try await queue.counts(), runs, try await jobRuns.deadRuns(among: running))
+            let running = try await jobRuns.runningIDs()
+            let dead = try await jobRuns.deadRuns(among: running)
+            return (try await queue.counts(), try await FleetStatus.read(db, dead: dead), runs, dead)
         }
-        let report = StatusReport(schema: configuration.schema, queue: counts, runs: runs, dead: dead)
+        let report = StatusReport(schema: configuration.schema, queue: counts, fleet: fleet, runs: runs, dead: dead)
         if json {
             print(String(decoding: try JSONEncoder.sorted.encode(report), as: UTF8.self))
         } else {

@@ -2,10 +2,12 @@ import EnrichCore
 import EnrichQueue
 import Foundation
 
-/// What `enrich status` shows: queue counts by state and the recent runs with their progress.
+/// What `enrich status` shows: queue counts by state, the fleet (live workers, shared token and send
+/// budget) and the recent runs with their progress.
 public struct StatusReport: Codable, Sendable {
     public var schema: String
     public var queue: QueueCounts
+    public var fleet: FleetStatus?
     public var runs: [RunSummary]
 
     /// A job run plus derived progress figures.
@@ -37,9 +39,17 @@ public struct StatusReport: Codable, Sendable {
         }
     }
 
-    public init(schema: String, queue: QueueCounts, runs: [JobRun], dead: Set<Int64> = [], now: Date = .now) {
+    public init(
+        schema: String,
+        queue: QueueCounts,
+        fleet: FleetStatus? = nil,
+        runs: [JobRun],
+        dead: Set<Int64> = [],
+        now: Date = .now
+    ) {
         self.schema = schema
         self.queue = queue
+        self.fleet = fleet
         self.runs = runs.map { RunSummary(run: $0, isDead: dead.contains($0.id), now: now) }
     }
 
@@ -50,6 +60,7 @@ public struct StatusReport: Codable, Sendable {
             "queue (\(schema)): \(queue.pending) pending, \(queue.running) running, \(queue.done) done, "
                 + "\(queue.failed) failed, \(queue.total) total"
         )
+        if let fleet { lines += Self.lines(fleet) }
         guard !runs.isEmpty else {
             lines.append("no job runs yet")
             return lines.joined(separator: "\n")
@@ -93,5 +104,35 @@ public struct StatusReport: Codable, Sendable {
             lines.append(padded.joined(separator: "  ").trimmingCharacters(in: .whitespaces))
         }
         return lines.joined(separator: "\n")
+    }
+
+    /// The fleet in a few lines: who works, the shared token (generation and expiry, never the token), the
+    /// shared send budget.
+    static func lines(_ fleet: FleetStatus) -> [String] {
+        var lines: [String] = []
+        let workers = fleet.workers.map {
+            "run \($0.runID) on \($0.host):\($0.pid) (\(Int(($0.shareOfRows * 100).rounded()))% of rows)"
+        }
+        lines.append(
+            "fleet: \(fleet.workers.count) live worker\(fleet.workers.count == 1 ? "" : "s")"
+                + (workers.isEmpty ? "" : ": " + workers.joined(separator: ", "))
+        )
+        for token in fleet.tokens {
+            var line = "  token \(token.key): generation \(token.generation)"
+            if let expires = token.expiresInSeconds {
+                line += expires > 0 ? ", expires in \(DurationText.format(expires))" : ", expired"
+            }
+            if let owner = token.loggingIn { line += ", \(owner) logging in" }
+            line += ", \(token.loginsLastHour) login\(token.loginsLastHour == 1 ? "" : "s") in the last hour"
+            if let refused = token.refused { line += "; REFUSED: \(refused.prefix(120))" }
+            lines.append(line)
+        }
+        for budget in fleet.budgets {
+            var line = "  send budget \(budget.api): \(budget.slotsReserved) slots in \(budget.reservations) blocks"
+            line += ", \(budget.pauses) pause\(budget.pauses == 1 ? "" : "s") after 429s"
+            if budget.pausedForSeconds > 0 { line += "; PAUSED for \(DurationText.format(budget.pausedForSeconds))" }
+            lines.append(line)
+        }
+        return lines
     }
 }

@@ -1,5 +1,7 @@
+import EnrichFleet
 import EnrichMetrics
 import EnrichQueue
+import EnrichThrottle
 import EnrichToken
 import EnrichWorker
 import Logging
@@ -69,8 +71,24 @@ public struct JobRunner: Sendable {
 
     private func runWorker(database: Database, client: NymbleClient, lock: JobLock.Held?) async throws -> RunReport {
         let credentials = plan.credentials
-        let tokens = SharedTokenStore(configuration: plan.token, clock: ContinuousClock(), logger: logger) {
-            try await client.login(credentials)
+        let login: @Sendable () async throws -> LoginGrant = { try await client.login(credentials) }
+        let tokens: any TokenProvider
+        var sendBudget: (any SharedSendBudget)?
+        if plan.fleet {
+            let baseURL =
+                plan.client.baseURL.hasSuffix("/") ? String(plan.client.baseURL.dropLast()) : plan.client.baseURL
+            let fleet = Fleet(database: database, baseURL: baseURL, credentials: credentials)
+            try await fleet.prepare()
+            tokens = fleet.tokens(
+                configuration: plan.token,
+                databaseRetryLimit: plan.worker.databaseOutageLimit,
+                clock: ContinuousClock(),
+                logger: logger,
+                login: login
+            )
+            sendBudget = fleet.budget
+        } else {
+            tokens = SharedTokenStore(configuration: plan.token, clock: ContinuousClock(), logger: logger, login: login)
         }
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         var metrics = RunMetrics()
@@ -89,6 +107,7 @@ public struct JobRunner: Sendable {
             database: database,
             api: client,
             tokens: tokens,
+            sendBudget: sendBudget,
             logger: logger,
             metrics: metrics,
             onProgress: onProgress,

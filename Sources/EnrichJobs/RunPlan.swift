@@ -13,6 +13,8 @@ public struct RunPlan: Sendable {
     public var client: NymbleClientConfiguration
     public var credentials: NymbleCredentials
     public var token: TokenStoreConfiguration
+    /// Share the token and the send budget with the other workers of the schema (off with `--solo`).
+    public var fleet: Bool
     /// Where to serve Prometheus metrics; nil: off.
     public var metrics: (host: String, port: Int)?
     /// The sources the plan was read from (the command line reads its own output settings from them).
@@ -52,6 +54,7 @@ public struct RunPlan: Sendable {
             client: try sources.clientConfiguration(concurrency: worker.concurrency),
             credentials: try sources.credentials(),
             token: TokenStoreConfiguration(),
+            fleet: !(try sources.value(Settings.solo) ?? false),
             metrics: try port.map { (try sources.value(Settings.metricsHost) ?? "0.0.0.0", $0) },
             sources: sources
         )

@@ -3,8 +3,9 @@ import PostgresNIO
 /// Dead runs: a `running` run whose process is gone is marked `abandoned`, and the rows it held are taken
 /// back at once (see ``RunLiveness``).
 extension JobRuns {
-    /// After a server start, how long runs are given to take their liveness locks again before a missing
-    /// lock counts as a death (runs retake it at their next heartbeat).
+    /// After a server start, how long runs that began before it are given to take their liveness locks
+    /// again before a missing lock counts as a death (runs retake it at their next heartbeat). A run that
+    /// began after the server started took its lock from this server: a missing lock is a death at once.
     public static let restartGrace: Duration = .seconds(30)
 
     /// The first key of every run's liveness lock in this schema.
@@ -25,7 +26,8 @@ extension JobRuns {
         let stale =
             staleAfter.map { "r.heartbeat_at < now() - make_interval(secs => \($0.inSeconds))" } ?? "false"
         return """
-            ((r.liveness AND pg_postmaster_start_time() < now() - make_interval(secs => \(Self.restartGrace.inSeconds))
+            ((r.liveness AND (r.started_at > pg_postmaster_start_time()
+                    OR pg_postmaster_start_time() < now() - make_interval(secs => \(Self.restartGrace.inSeconds)))
                 AND NOT EXISTS (
                     SELECT 1 FROM pg_locks l
                     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
@@ -139,6 +141,16 @@ extension JobRuns {
                 )
             )
             return Set(try rows.map { try $0.decode(Int64.self) })
+        }
+    }
+
+    /// The runs in state `running` (live, dead or stuck).
+    public func runningIDs() async throws -> [Int64] {
+        try await run("list running runs") {
+            try await database.query(
+                "list running runs",
+                "SELECT id FROM \(unescaped: schema).job_runs WHERE state = 'running' ORDER BY id"
+            ).map { try $0.decode(Int64.self) }
         }
     }
 }

@@ -1,6 +1,6 @@
 /// enrich's schema history. Append new migrations; never edit an applied one.
 enum Migrations {
-    static let all: [Migration] = [initialSchema, newWorkNotifications, claimsAndLiveness]
+    static let all: [Migration] = [initialSchema, newWorkNotifications, claimsAndLiveness, fleetCoordination]
 
     /// Version 1: the queue, its per-state counters, and the job runs (status) table.
     static let initialSchema = Migration(
@@ -200,6 +200,51 @@ enum Migrations {
             "ALTER TABLE {schema}.job_runs ADD COLUMN liveness boolean NOT NULL DEFAULT false",
             "ALTER TABLE {schema}.job_runs ADD COLUMN stalled_since timestamptz",
             "CREATE INDEX queue_items_run_idx ON {schema}.queue_items (job_run_id) WHERE state = 'running'",
+        ]
+    )
+
+    /// Version 4: what the workers of a schema share (the fleet): one login token per API identity and one
+    /// send budget per API.
+    ///
+    /// - `api_credentials`, one row per (API base URL, OrgCode, ClientId), keyed by a SHA-256 of the three
+    ///   (never the secret): the token sealed with AES-GCM under a key derived from the ClientSecret, its
+    ///   generation, expiry and refresh-ahead time on the database's clock; the login lease (one process
+    ///   logs in at a time; a process that dies mid-login loses it when it expires); the login times of
+    ///   the last hour (the vendor's 10 logins/min per ClientId is kept fleet-wide); a refusal of the
+    ///   credentials, tied to an HMAC fingerprint of the refused secret.
+    /// - `api_limiter`, one row per API base URL: the GCRA theoretical arrival time of the next free send
+    ///   slot (`tat`), which processes reserve in blocks, and the fleet-wide pause after a 429.
+    static let fleetCoordination = Migration(
+        version: 4,
+        name: "fleet: shared token and send budget",
+        statements: [
+            """
+            CREATE TABLE {schema}.api_credentials (
+                key text PRIMARY KEY,
+                generation bigint NOT NULL DEFAULT 0,
+                sealed_token bytea,
+                expires_at timestamptz,
+                refresh_at timestamptz,
+                login_owner text,
+                login_until timestamptz,
+                login_times timestamptz[] NOT NULL DEFAULT '{}',
+                logins bigint NOT NULL DEFAULT 0,
+                refused_fingerprint text,
+                refused_message text,
+                updated_at timestamptz NOT NULL DEFAULT now()
+            )
+            """,
+            """
+            CREATE TABLE {schema}.api_limiter (
+                key text PRIMARY KEY,
+                tat timestamptz NOT NULL DEFAULT now(),
+                paused_until timestamptz,
+                reserved bigint NOT NULL DEFAULT 0,
+                reservations bigint NOT NULL DEFAULT 0,
+                pauses bigint NOT NULL DEFAULT 0,
+                updated_at timestamptz NOT NULL DEFAULT now()
+            )
+            """,
         ]
     )
 }

@@ -132,6 +132,15 @@ public enum Settings {
         group: .run,
         sources: .flagAndEnvironment
     )
+    public static let solo = Setting(
+        "solo",
+        environment: "ENRICH_SOLO",
+        kind: .flag,
+        default: "off",
+        help: "use a token and a throttle of its own, not those the workers of the schema share (the fleet)",
+        group: .run,
+        sources: .flagAndEnvironment
+    )
     public static let concurrency = Setting(
         "concurrency",
         environment: "ENRICH_CONCURRENCY",
@@ -357,7 +366,8 @@ public enum Settings {
 
     /// The settings `enrich run` reads besides ``database``.
     public static let run: [any AnySetting] = [
-        apiURL, orgCode, clientID, clientSecret, requestTimeout, follow, concurrency, rate, maxAttempts, claimBatch,
+        apiURL, orgCode, clientID, clientSecret, requestTimeout, follow, solo, concurrency, rate, maxAttempts,
+        claimBatch,
         maxTakeovers, lease, heartbeat, pollInterval, shutdownGrace, databaseOutageLimit, staleAfter, stallTimeout,
         retryBase, retryCap, writeBatch, maxPause, jobName, trigger, progress, progressLogInterval, metricsPort,
         metricsHost, job, jobsDirectory,

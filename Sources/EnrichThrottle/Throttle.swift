@@ -6,6 +6,11 @@ import Logging
 /// bursts beyond it), and while a pause is in force (after a 429) nobody gets one. A 429 pauses *all*
 /// callers until its Retry-After (capped), or for a jittered backoff when the server gave none, and lowers
 /// the rate through ``AdaptiveRateController``; accepted calls let it climb back.
+///
+/// In a fleet (a ``SharedSendBudget``), a known rate is the fleet's: send slots come from blocks reserved
+/// for the whole fleet (about a tenth of a second of the rate each), a 429 pauses the fleet, and without a
+/// known rate the throttle learns other workers' pauses every quarter second. When the budget cannot be
+/// reached, a worker keeps to its share of the rate (the rate over the live workers last seen).
 public actor Throttle<C: Clock> where C.Duration == Duration {
     public struct Configuration: Sendable {
         public var controller: AdaptiveRateController<C.Instant>.Configuration
@@ -34,20 +39,51 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
     private var consecutivePauses = 0
     public private(set) var throttledCount = 0
 
-    public init(configuration: Configuration = .init(), clock: C, logger: Logger) {
+    private let budget: (any SharedSendBudget)?
+    /// Send slots reserved for this process from the fleet's budget.
+    private var block: (next: C.Instant, interval: Duration, remaining: Int)?
+    private var reserving = false
+    private var reservationWaiters: [CheckedContinuation<Void, Never>] = []
+    /// Live workers when the budget last answered: the share to keep to without it.
+    private var fleetSize = 1
+    private var budgetFailing = false
+    /// While the budget fails, when to try it again (until then, blocks at this worker's share).
+    private var budgetRetryAt: C.Instant?
+    private var lastPauseCheck: C.Instant?
+
+    /// - Parameter budget: the fleet's shared budget; nil for a process on its own.
+    public init(configuration: Configuration = .init(), clock: C, logger: Logger, budget: (any SharedSendBudget)? = nil)
+    {
         self.clock = clock
         self.configuration = configuration
         self.logger = logger
         self.controller = AdaptiveRateController(configuration: configuration.controller)
+        self.budget = budget
     }
 
     /// Waits for a send slot and returns the instant the call is sent (pass it back to ``throttled(sentAt:retryAfter:)``).
     public func acquire() async throws -> C.Instant {
+        if let budget, configuration.controller.maximumRate != nil { return try await acquireShared(budget) }
         while true {
             let now = clock.now
             if let pausedUntil, now < pausedUntil {
                 try await clock.sleep(until: pausedUntil, tolerance: nil)
                 continue
+            }
+            if let budget, lastPauseCheck.map({ $0.duration(to: now) >= .milliseconds(250) }) ?? true,
+                budgetRetryAt.map({ now >= $0 }) ?? true
+            {
+                lastPauseCheck = now
+                do {
+                    let pause = try await budget.pausedFor()
+                    budgetRetryAt = nil
+                    if pause > .zero {
+                        extendPause(until: clock.now.advanced(by: pause))
+                        continue
+                    }
+                } catch {
+                    budgetRetryAt = clock.now.advanced(by: .seconds(1))
+                }
             }
             guard let rate = controller.currentRate(now: now) else { return now }
             let interval = Duration.seconds(1 / rate)
@@ -61,6 +97,88 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
         }
     }
 
+    /// A send slot from the fleet's reserved blocks (known rate in a fleet).
+    private func acquireShared(_ budget: any SharedSendBudget) async throws -> C.Instant {
+        while true {
+            try Task.checkCancellation()
+            let now = clock.now
+            if let pausedUntil, now < pausedUntil {
+                try await clock.sleep(until: pausedUntil, tolerance: nil)
+                continue
+            }
+            if var current = block, current.remaining > 0 {
+                // Slots more than one interval in the past went unused (the process was idle): drop them
+                // rather than send a burst.
+                let late = current.next.duration(to: now) - current.interval
+                if late > .zero {
+                    let skipped = Int((late / current.interval).rounded(.up))
+                    current.next = current.next.advanced(by: current.interval * skipped)
+                    current.remaining -= skipped
+                    if current.remaining <= 0 {
+                        block = nil
+                        continue
+                    }
+                }
+                let slot = current.next
+                current.next = slot.advanced(by: current.interval)
+                current.remaining -= 1
+                block = current
+                if slot > now { try await clock.sleep(until: slot, tolerance: nil) }
+                if let pausedUntil, clock.now < pausedUntil { continue }
+                return clock.now
+            }
+            if reserving {
+                await withCheckedContinuation { reservationWaiters.append($0) }
+                continue
+            }
+            await reserve(from: budget)
+        }
+    }
+
+    /// Reserves the next block of slots; without the budget, takes a block at this worker's share of the rate.
+    private func reserve(from budget: any SharedSendBudget) async {
+        reserving = true
+        defer {
+            reserving = false
+            let waiters = reservationWaiters
+            reservationWaiters = []
+            for waiter in waiters { waiter.resume() }
+        }
+        let rate = controller.currentRate(now: clock.now) ?? configuration.controller.maximumRate ?? 1
+        let count = max(1, min(Int((rate / 10).rounded(.up)), 256))
+        let interval = Duration.seconds(1 / rate)
+        if let budgetRetryAt, clock.now < budgetRetryAt {
+            block = (clock.now, interval * fleetSize, count)
+            return
+        }
+        do {
+            let reservation = try await budget.reserve(count: count, rate: rate)
+            let now = clock.now
+            block = (now.advanced(by: reservation.startsIn), interval, count)
+            fleetSize = max(1, reservation.liveWorkers)
+            if reservation.pausedFor > .zero { extendPause(until: now.advanced(by: reservation.pausedFor)) }
+            budgetRetryAt = nil
+            if budgetFailing {
+                budgetFailing = false
+                logger.notice("the fleet's send budget answers again")
+            }
+        } catch {
+            if !budgetFailing {
+                budgetFailing = true
+                logger.warning(
+                    "the fleet's send budget cannot be reached; keeping to this worker's share of the rate",
+                    metadata: ["error": "\(error)", "share": "1/\(fleetSize)"]
+                )
+            }
+            budgetRetryAt = clock.now.advanced(by: .seconds(1))
+            block = (clock.now, interval * fleetSize, count)
+        }
+    }
+
+    private func extendPause(until: C.Instant) {
+        if pausedUntil.map({ until > $0 }) ?? true { pausedUntil = until }
+    }
+
     /// The call was accepted (anything but a 429).
     public func accepted() {
         controller.recordAccepted(now: clock.now)
@@ -68,7 +186,7 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
     }
 
     /// The call sent at `sentAt` was answered 429.
-    public func throttled(sentAt: C.Instant, retryAfter: Duration?) {
+    public func throttled(sentAt: C.Instant, retryAfter: Duration?) async {
         throttledCount += 1
         let now = clock.now
         // Sending resumed when the previous pause ended: measure what the server accepted since then.
@@ -80,7 +198,12 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
             configuration.maximumPause
         )
         let until = now.advanced(by: pause)
-        if pausedUntil.map({ until > $0 }) ?? true { pausedUntil = until }
+        let extended = pausedUntil.map { until > $0 } ?? true
+        extendPause(until: until)
+        if let budget, extended {
+            block = nil  // slots reserved for the paused time are not used
+            try? await budget.pause(for: pause)
+        }
         if newEvent {
             logger.notice(
                 "429 from the API: pausing all calls and slowing down",

@@ -22,6 +22,8 @@ struct Pipeline<C: Clock>: Sendable where C.Duration == Duration {
     let store: any RunStore
     let api: any EnrichmentAPI
     let tokens: any TokenProvider
+    /// The fleet's send budget; nil for a process on its own.
+    var sendBudget: (any SharedSendBudget)? = nil
     let configuration: WorkerConfiguration
     let accounting: RunAccounting
     let initialTotal: Int64
@@ -40,7 +42,8 @@ struct Pipeline<C: Clock>: Sendable where C.Duration == Duration {
                 maximumPause: configuration.maximumPause
             ),
             clock: clock,
-            logger: logger
+            logger: logger,
+            budget: sendBudget
         )
         let parts = Parts(pipeline: self, control: control, throttle: throttle)
         await withTaskGroup(of: Void.self) { group in

@@ -1,4 +1,5 @@
 import EnrichQueue
+import EnrichThrottle
 import EnrichToken
 import Foundation
 import Logging
@@ -12,6 +13,7 @@ public struct Worker: Service {
     private let database: Database
     private let api: any EnrichmentAPI
     private let tokens: any TokenProvider
+    private let sendBudget: (any SharedSendBudget)?
     private let logger: Logger
     private let accounting: RunAccounting
     private let onProgress: (@Sendable (WorkerProgress) -> Void)?
@@ -25,6 +27,7 @@ public struct Worker: Service {
         database: Database,
         api: any EnrichmentAPI,
         tokens: any TokenProvider,
+        sendBudget: (any SharedSendBudget)? = nil,
         logger: Logger,
         metrics: RunMetrics = RunMetrics(),
         onProgress: (@Sendable (WorkerProgress) -> Void)? = nil,
@@ -34,6 +37,7 @@ public struct Worker: Service {
         self.database = database
         self.api = api
         self.tokens = tokens
+        self.sendBudget = sendBudget
         self.logger = logger
         self.accounting = RunAccounting(metrics: metrics)
         self.onProgress = onProgress
@@ -91,6 +95,7 @@ public struct Worker: Service {
                 store: store,
                 api: api,
                 tokens: tokens,
+                sendBudget: sendBudget,
                 configuration: configuration,
                 accounting: accounting,
                 initialTotal: total,

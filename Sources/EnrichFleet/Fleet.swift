@@ -1,0 +1,76 @@
+import EnrichQueue
+import EnrichThrottle
+import EnrichToken
+import Foundation
+import Logging
+import NymbleAPI
+
+/// What the workers of a schema share when they call the same API with the same credentials: one token
+/// (``FleetTokenStore``) and one send budget (``PostgresSendBudget``), both in PostgreSQL. On by default;
+/// `--solo` runs a process on its own (its own token and throttle).
+public struct Fleet: Sendable {
+    public let credentials: FleetCredentials
+    public let limiter: FleetLimiter
+    public let seal: TokenSeal
+    /// This process in the login lease: host and pid.
+    public let owner: String
+
+    public init(database: Database, baseURL: String, credentials nymble: NymbleCredentials) {
+        let key = TokenSeal.credentialsKey(baseURL: baseURL, orgCode: nymble.orgCode, clientId: nymble.clientId)
+        credentials = FleetCredentials(database: database, key: key)
+        limiter = FleetLimiter(database: database, key: baseURL)
+        seal = TokenSeal(secret: nymble.clientSecret, credentialsKey: key)
+        owner = "\(ProcessInfo.processInfo.hostName):\(ProcessInfo.processInfo.processIdentifier)"
+    }
+
+    /// Creates the shared rows when they do not exist yet.
+    public func prepare() async throws {
+        try await credentials.prepare()
+        try await limiter.prepare()
+    }
+
+    /// The fleet's token, logging in with `login` when this process has to.
+    public func tokens<C: Clock>(
+        configuration: TokenStoreConfiguration,
+        databaseRetryLimit: Duration,
+        clock: C,
+        logger: Logger,
+        login: @escaping @Sendable () async throws -> LoginGrant
+    ) -> FleetTokenStore<C> where C.Duration == Duration {
+        FleetTokenStore(
+            credentials: credentials,
+            seal: seal,
+            owner: owner,
+            configuration: configuration,
+            databaseRetryLimit: databaseRetryLimit,
+            clock: clock,
+            logger: logger,
+            login: login
+        )
+    }
+
+    /// The fleet's send budget, for the throttle.
+    public var budget: PostgresSendBudget { PostgresSendBudget(limiter: limiter) }
+}
+
+/// ``FleetLimiter`` as a throttle's ``SharedSendBudget``. Each statement gets a second at most: a worker
+/// whose database is slow or away keeps to its share of the rate rather than wait for it.
+public struct PostgresSendBudget: SharedSendBudget {
+    public let limiter: FleetLimiter
+    private let timeout = Duration.seconds(1)
+
+    public init(limiter: FleetLimiter) { self.limiter = limiter }
+
+    public func reserve(count: Int, rate: Double) async throws -> SharedReservation {
+        let reservation = try await limiter.reserve(count: count, rate: rate, timeout: timeout)
+        return SharedReservation(
+            startsIn: reservation.startsIn,
+            pausedFor: reservation.pausedFor,
+            liveWorkers: reservation.liveRuns
+        )
+    }
+
+    public func pause(for duration: Duration) async throws { try await limiter.pause(for: duration, timeout: timeout) }
+
+    public func pausedFor() async throws -> Duration { try await limiter.pausedFor(timeout: timeout) }
+}

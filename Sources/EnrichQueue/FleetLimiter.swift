@@ -1,0 +1,91 @@
+import PostgresNIO
+
+/// The send budget every worker of a schema shares for one API (a row of `api_limiter`), GCRA-style: the
+/// row holds the theoretical arrival time (`tat`) of the next free send slot on the database's clock, and a
+/// process reserves a block of slots in one statement, so the fleet as a whole never sends faster than the
+/// rate, at one round trip per block rather than per call. A 429 anywhere sets a fleet-wide pause that
+/// every later reservation starts after.
+public struct FleetLimiter: Sendable {
+    public let database: Database
+    /// The API base URL, normalized.
+    public let key: String
+
+    public init(database: Database, key: String) {
+        self.database = database
+        self.key = key
+    }
+
+    /// A block of send slots: the first starts `startsIn` from now, the rest follow at the rate.
+    public struct Reservation: Sendable, Equatable {
+        public var startsIn: Duration
+        /// The fleet-wide pause still in force (zero when none).
+        public var pausedFor: Duration
+        /// Runs of the schema alive now (this one included): the share to fall back to without the database.
+        public var liveRuns: Int
+    }
+
+    /// Creates the row when it does not exist yet.
+    public func prepare() async throws {
+        try await database.query(
+            "prepare the shared send budget",
+            """
+            INSERT INTO \(unescaped: database.schema).api_limiter (key) VALUES (\(key))
+            ON CONFLICT (key) DO NOTHING
+            """
+        )
+    }
+
+    /// Reserves `count` consecutive send slots at `rate` per second for the whole fleet, after any pause. A
+    /// free slot may lag one interval behind now (the tolerance of GCRA), so that the time a process takes
+    /// to come back for its next block is not lost to the fleet; idle time never banks a burst beyond that.
+    public func reserve(count: Int, rate: Double, timeout: Duration? = nil) async throws -> Reservation {
+        let span = Double(count) / rate
+        let rows = try await database.query(
+            "reserve send slots",
+            """
+            UPDATE \(unescaped: database.schema).api_limiter SET
+                tat = greatest(tat, now() - make_interval(secs => \(1 / rate)), paused_until)
+                    + make_interval(secs => \(span)),
+                reserved = reserved + \(Int64(count)), reservations = reservations + 1, updated_at = now()
+            WHERE key = \(key)
+            RETURNING EXTRACT(EPOCH FROM tat - make_interval(secs => \(span)) - now())::float8,
+                greatest(EXTRACT(EPOCH FROM coalesce(paused_until, now()) - now()), 0)::float8,
+                (SELECT count(*) FROM \(unescaped: database.schema).job_runs
+                 WHERE state = 'running' AND heartbeat_at > now() - interval '1 minute')::integer
+            """,
+            timeout: timeout
+        )
+        guard let row = rows.first else {
+            throw DatabaseError(.queryFailed, "the shared send budget row \(key) is missing")
+        }
+        let (startsIn, pausedFor, liveRuns) = try row.decode((Double, Double, Int32).self)
+        return Reservation(startsIn: .seconds(startsIn), pausedFor: .seconds(pausedFor), liveRuns: Int(liveRuns))
+    }
+
+    /// Pauses every worker of the fleet for `duration` from now (a longer pause already set stands).
+    public func pause(for duration: Duration, timeout: Duration? = nil) async throws {
+        try await database.query(
+            "pause the fleet",
+            """
+            UPDATE \(unescaped: database.schema).api_limiter SET
+                paused_until = greatest(coalesce(paused_until, now()), now() + make_interval(secs => \(duration.inSeconds))),
+                pauses = pauses + 1, updated_at = now()
+            WHERE key = \(key)
+            """,
+            timeout: timeout
+        )
+    }
+
+    /// The fleet-wide pause still in force (zero when none).
+    public func pausedFor(timeout: Duration? = nil) async throws -> Duration {
+        let rows = try await database.query(
+            "read the fleet pause",
+            """
+            SELECT greatest(EXTRACT(EPOCH FROM coalesce(paused_until, now()) - now()), 0)::float8
+            FROM \(unescaped: database.schema).api_limiter WHERE key = \(key)
+            """,
+            timeout: timeout
+        )
+        return .seconds(try rows.first?.decode(Double.self) ?? 0)
+    }
+}

@@ -1,0 +1,364 @@
+import EnrichCore
+import EnrichFleet
+import EnrichQueue
+import EnrichThrottle
+import EnrichToken
+import Foundation
+import Glibc
+import Logging
+import NymbleAPI
+import NymbleSimulator
+import PostgresNIO
+import Testing
+
+/// Several workers of one schema against one API: each "worker" here is a store or throttle of its own, as
+/// a separate process would have (nothing shared but PostgreSQL), plus two `enrich run` processes.
+@Suite("Fleet: one token and one send budget through PostgreSQL", .timeLimit(.minutes(3)))
+struct FleetTests {
+    static func key(_ baseURL: String, _ credentials: NymbleCredentials = simulatorCredentials) -> String {
+        TokenSeal.credentialsKey(baseURL: baseURL, orgCode: credentials.orgCode, clientId: credentials.clientId)
+    }
+
+    /// A fleet token store for worker `name`, logging in through `client` with `credentials`.
+    static func store(
+        _ name: String,
+        database: Database,
+        baseURL: String,
+        client: NymbleClient,
+        credentials: NymbleCredentials = simulatorCredentials,
+        configuration: TokenStoreConfiguration = .init()
+    ) async throws -> FleetTokenStore<ContinuousClock> {
+        let key = key(baseURL, credentials)
+        let shared = FleetCredentials(database: database, key: key)
+        try await shared.prepare()
+        return FleetTokenStore(
+            credentials: shared,
+            seal: TokenSeal(secret: credentials.clientSecret, credentialsKey: key),
+            owner: name,
+            configuration: configuration,
+            databaseRetryLimit: .seconds(5),
+            clock: ContinuousClock(),
+            logger: quietLogger
+        ) { try await client.login(credentials) }
+    }
+
+    static func withFleet(
+        _ simulator: SimulatorConfiguration = .init(),
+        _ body: (Database, NymbleSimulator, String, NymbleClient) async throws -> Void
+    ) async throws {
+        try await TestDatabase.withFreshSchema(maximumConnections: 16) { database in
+            try await NymbleSimulator.withRunning(simulator, logger: quietLogger) { simulatorHandle, baseURL in
+                try await NymbleClient.withClient(
+                    configuration: .init(baseURL: baseURL, maximumConnections: 128, requestTimeout: .seconds(20)),
+                    logger: quietLogger
+                ) { client in try await body(database, simulatorHandle, baseURL, client) }
+            }
+        }
+    }
+
+    @Test(
+        "four workers calling for 8 s with 3 s tokens: one login per lifetime for the fleet, none refused, no expired token sent"
+    )
+    func oneLoginPerLifetime() async throws {
+        var simulator = SimulatorConfiguration()
+        simulator.tokenLifetime = .seconds(3)
+        try await Self.withFleet(simulator) { database, simulator, baseURL, client in
+            var stores: [FleetTokenStore<ContinuousClock>] = []
+            for worker in 0..<4 {
+                stores.append(
+                    try await Self.store(
+                        "worker-\(worker)",
+                        database: database,
+                        baseURL: baseURL,
+                        client: client,
+                        configuration: TokenStoreConfiguration(refreshMargin: .seconds(1))
+                    )
+                )
+            }
+            let deadline = ContinuousClock.now + .seconds(8)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for (worker, store) in stores.enumerated() {
+                    for task in 0..<6 {
+                        group.addTask {
+                            var index = 0
+                            while ContinuousClock.now < deadline {
+                                let token = try await store.currentToken()
+                                _ = try await client.access(
+                                    organizationId: "o\(worker)",
+                                    userId: "u\(task)-\(index)",
+                                    token: token.token
+                                )
+                                index += 1
+                            }
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            let stats = simulator.stats()
+            #expect(stats.access401 == 0 && stats.expiredTokenUses == 0, "no call used an expired token")
+            #expect(stats.loginsThrottled == 0, "no login refused with 429")
+            // 8 s with a renewal every 2 s: 1 + floor(8 / 2) = 5 logins for the whole fleet (4 workers alone
+            // would need 20).
+            #expect((4...6).contains(stats.logins), "one login per lifetime for the fleet: \(stats.logins)")
+            var performed = 0
+            for store in stores { performed += await store.loginCount() }
+            #expect(performed == stats.logins, "every login counted by the worker that made it")
+        }
+    }
+
+    @Test("a revoked token, 4 workers × 50 callers get 401 together: one login for the fleet, every call then succeeds")
+    func revokedTokenOneLogin() async throws {
+        try await Self.withFleet { database, simulator, baseURL, client in
+            var stores: [FleetTokenStore<ContinuousClock>] = []
+            for worker in 0..<4 {
+                stores.append(try await Self.store("w\(worker)", database: database, baseURL: baseURL, client: client))
+            }
+            for store in stores { _ = try await store.currentToken() }
+            #expect(simulator.stats().logins == 1, "the first login is shared")
+            simulator.revokeAllTokens()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for (worker, store) in stores.enumerated() {
+                    for index in 0..<50 {
+                        group.addTask {
+                            let first = try await store.currentToken()
+                            do {
+                                _ = try await client.access(
+                                    organizationId: "o\(worker)",
+                                    userId: "u\(index)",
+                                    token: first.token
+                                )
+                                return
+                            } catch let error as NymbleAPIError where error.code == .unauthorized {
+                                await store.tokenRejected(first)
+                            }
+                            let second = try await store.currentToken()
+                            _ = try await client.access(
+                                organizationId: "o\(worker)",
+                                userId: "u\(index)",
+                                token: second.token
+                            )
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            let stats = simulator.stats()
+            #expect(stats.logins == 2, "one re-login for 200 rejections in 4 workers: \(stats.logins)")
+            #expect(stats.access200 == 200)
+        }
+    }
+
+    @Test(
+        "refused credentials: one login refused, every worker stops with the same message; another secret logs in again"
+    )
+    func refusedCredentialsStopAll() async throws {
+        try await Self.withFleet { database, simulator, baseURL, client in
+            let wrong = NymbleCredentials(
+                orgCode: simulatorCredentials.orgCode,
+                clientId: simulatorCredentials.clientId,
+                clientSecret: "not-the-secret"
+            )
+            var stores: [FleetTokenStore<ContinuousClock>] = []
+            for worker in 0..<4 {
+                stores.append(
+                    try await Self.store(
+                        "w\(worker)",
+                        database: database,
+                        baseURL: baseURL,
+                        client: client,
+                        credentials: wrong
+                    )
+                )
+            }
+            var messages: [String] = []
+            for store in stores {
+                do {
+                    _ = try await store.currentToken()
+                    Issue.record("a refused secret gave a token")
+                } catch let error as NymbleAPIError {
+                    #expect(error.code == .invalidCredentials)
+                    messages.append("\(error)")
+                }
+            }
+            #expect(simulator.stats().loginsUnauthorized == 1, "the refusal is recorded once for the fleet")
+            #expect(simulator.stats().logins == 0)
+            #expect(messages.count == 4 && !messages.joined().contains("not-the-secret"), "\(messages)")
+            // The right secret is not held back by the refusal of another.
+            let fixed = try await Self.store("w9", database: database, baseURL: baseURL, client: client)
+            _ = try await fixed.currentToken()
+            #expect(simulator.stats().logins == 1)
+        }
+    }
+
+    @Test("the token is sealed at rest: the row holds no token text, and only the same secret opens it")
+    func tokenSealedAtRest() async throws {
+        try await Self.withFleet { database, _, baseURL, client in
+            let store = try await Self.store("w0", database: database, baseURL: baseURL, client: client)
+            let token = try await store.currentToken().token.bearerValue
+            let rows = try await database.query(
+                "read the sealed token",
+                "SELECT sealed_token FROM \(unescaped: "\"\(database.configuration.schema)\"").api_credentials"
+            )
+            let buffer = try #require(try rows.first?.decode(ByteBuffer?.self))
+            let sealed = Array(buffer.readableBytesView)
+            let text = String(decoding: sealed, as: UTF8.self)
+            #expect(!text.contains(token) && !text.contains(String(token.prefix(8))))
+            let key = Self.key(baseURL)
+            #expect(TokenSeal(secret: simulatorCredentials.clientSecret, credentialsKey: key).open(sealed) == token)
+            #expect(TokenSeal(secret: "another secret", credentialsKey: key).open(sealed) == nil)
+            #expect(TokenSeal(secret: simulatorCredentials.clientSecret, credentialsKey: "other").open(sealed) == nil)
+        }
+    }
+
+    @Test("the login limit is kept fleet-wide: 8 forced renewals across 4 workers, never more than 3 logins in 2 s")
+    func loginLimitFleetWide() async throws {
+        var simulator = SimulatorConfiguration()
+        simulator.recordTimes = true
+        try await Self.withFleet(simulator) { database, simulator, baseURL, client in
+            let configuration = TokenStoreConfiguration(loginsPerWindow: 3, loginWindow: .seconds(2))
+            var stores: [FleetTokenStore<ContinuousClock>] = []
+            for worker in 0..<4 {
+                stores.append(
+                    try await Self.store(
+                        "w\(worker)",
+                        database: database,
+                        baseURL: baseURL,
+                        client: client,
+                        configuration: configuration
+                    )
+                )
+            }
+            for round in 0..<8 {
+                let store = stores[round % 4]
+                let token = try await store.currentToken()
+                await store.tokenRejected(token)
+            }
+            _ = try await stores[0].currentToken()
+            let times = (simulator.stats().loginTimes ?? []).sorted()
+            #expect(times.count >= 8, "\(times.count) logins")
+            for (index, time) in times.enumerated() where index + 3 < times.count {
+                #expect(times[index + 3] - time >= 1.9, "4 logins within \(times[index + 3] - time) s")
+            }
+        }
+    }
+
+    @Test("three workers with a fleet rate of 60/s send at most 60/s together, sharing the budget")
+    func sharedSendBudget() async throws {
+        try await TestDatabase.withFreshSchema { database in
+            let limiter = FleetLimiter(database: database, key: "http://api.test")
+            try await limiter.prepare()
+            let budget = PostgresSendBudget(limiter: limiter)
+            let throttles = (0..<3).map { _ in
+                Throttle(
+                    configuration: .init(controller: .init(maximumRate: 60)),
+                    clock: ContinuousClock(),
+                    logger: quietLogger,
+                    budget: budget
+                )
+            }
+            let started = ContinuousClock.now
+            let seconds = 3.0
+            var counts = [Int](repeating: 0, count: 3)
+            try await withThrowingTaskGroup(of: (Int, Int).self) { group in
+                for (worker, throttle) in throttles.enumerated() {
+                    for _ in 0..<8 {
+                        group.addTask {
+                            var sent = 0
+                            while true {
+                                let at = try await throttle.acquire()
+                                guard started.duration(to: at) < .seconds(seconds) else { return (worker, sent) }
+                                sent += 1
+                            }
+                        }
+                    }
+                }
+                for try await (worker, sent) in group { counts[worker] += sent }
+            }
+            let total = counts.reduce(0, +)
+            // At most the rate over the window plus the one-slot tolerance of the first reservation.
+            #expect(total <= Int(60 * seconds) + 2, "sent \(total) in \(seconds) s at a fleet rate of 60/s")
+            #expect(total >= Int(60 * seconds * 0.5), "the budget is used, not lost: \(total)")
+            #expect(counts.allSatisfy { $0 > 0 }, "every worker gets a share: \(counts)")
+        }
+    }
+
+    @Test("a 429 in one worker pauses the others (no known rate): they learn of it within a quarter second")
+    func sharedPause() async throws {
+        try await TestDatabase.withFreshSchema { database in
+            let limiter = FleetLimiter(database: database, key: "http://api.test")
+            try await limiter.prepare()
+            let budget = PostgresSendBudget(limiter: limiter)
+            let first = Throttle(clock: ContinuousClock(), logger: quietLogger, budget: budget)
+            let second = Throttle(clock: ContinuousClock(), logger: quietLogger, budget: budget)
+            _ = try await second.acquire()
+            let sentAt = try await first.acquire()
+            await first.throttled(sentAt: sentAt, retryAfter: .seconds(2))
+            try await Task.sleep(for: .milliseconds(300))
+            let before = ContinuousClock.now
+            _ = try await second.acquire()
+            let waited = before.duration(to: .now)
+            #expect(waited >= .milliseconds(1200), "the other worker paused too (waited \(waited))")
+            #expect(waited < .seconds(5))
+        }
+    }
+
+    @Test(
+        "two `enrich run` processes with --rate 150 each and 4 s tokens: no 429, the fleet's logins, one SIGKILLed and its rows taken over, every row done once"
+    )
+    func twoProcesses() async throws {
+        var configuration = SimulatorConfiguration()
+        configuration.accessRate = 150
+        configuration.tokenLifetime = .seconds(4)
+        try await TestDatabase.withFreshSchema { database in
+            try await WorkerHarness.enqueue(WorkerHarness.pairs(1_500), into: database)
+            try await NymbleSimulator.withRunning(configuration, logger: quietLogger) { simulator, baseURL in
+                let environment = FailurePathTests.environment(
+                    url: try TestDatabase.url(),
+                    schema: database.configuration.schema,
+                    baseURL: baseURL
+                )
+                let arguments = [
+                    "run", "--rate", "150", "--concurrency", "16", "--heartbeat", "1", "--progress", "off",
+                ]
+                let started = ContinuousClock.now
+                let survivor = try EnrichProcess.start(arguments, environment: environment)
+                let victim = try EnrichProcess.start(arguments, environment: environment)
+                try await Task.sleep(for: .seconds(3))
+                let during = try await Self.status(environment)
+                #expect(during.workers.count == 2, "both workers live: \(during.workers)")
+                #expect(during.tokens.count == 1 && during.budgets.count == 1)
+                #expect(during.budgets.first.map { $0.reservations > 0 } == true)
+                victim.signal(SIGKILL)
+                _ = try await victim.wait(timeout: .seconds(10))
+                #expect(try await survivor.wait(timeout: .seconds(90)) == 0, "\(survivor.standardError.suffix(2_000))")
+                let seconds = started.duration(to: .now).inSeconds
+                let stats = simulator.stats()
+                #expect(stats.access429 == 0, "the two kept to 150/s together: \(stats.access429) × 429")
+                #expect(stats.loginsThrottled == 0 && stats.expiredTokenUses == 0 && stats.access401 == 0)
+                // One login per lifetime for the two (renewed 0.4 s before the 4 s expiry), and one more.
+                #expect(stats.logins <= Int(seconds / 3.6) + 2, "\(stats.logins) logins in \(seconds) s")
+                // 1,500 calls at 150/s take 10 s; the killed worker's rows are taken over at once, not after
+                // its lease (120 s).
+                #expect(seconds < 30, "took \(seconds) s")
+                WorkerHarness.expectAllSettled(try await WorkerHarness.rows(database), expectedCount: 1_500)
+                #expect(try await WorkerHarness.rows(database).allSatisfy { $0.state == "done" })
+                #expect(stats.access200 >= 1_500)
+                let after = try await Self.status(environment)
+                #expect(after.workers.isEmpty)
+                #expect(after.tokens.first?.loginsLastHour == stats.logins + stats.loginsThrottled)
+            }
+        }
+    }
+
+    /// `enrich status --json`'s fleet section; the output never holds a token.
+    static func status(_ environment: [String: String]) async throws -> FleetStatus {
+        let status = try EnrichProcess.start(["status", "--json"], environment: environment)
+        #expect(try await status.wait(timeout: .seconds(30)) == 0, "\(status.standardError)")
+        let output = status.standardOutput
+        #expect(!output.contains(simulatorCredentials.clientSecret))
+        struct Report: Decodable { var fleet: FleetStatus? }
+        let report = try JSONDecoder().decode(Report.self, from: Data(output.utf8))
+        return try #require(report.fleet)
+    }
+}
