@@ -148,7 +148,9 @@ public actor FleetTokenStore<C: Clock>: TokenProvider where C.Duration == Durati
             }
             if let adopted = adopt(snapshot) { return adopted }
             let generation = snapshot.generation
-            let (limit, window) = (configuration.loginsPerWindow, configuration.loginWindow)
+            // Logins are counted when sent; a margin keeps a slow earlier login from arriving inside the window.
+            let limit = configuration.loginsPerWindow
+            let window = configuration.loginWindow + max(.milliseconds(500), configuration.loginWindow / 20)
             guard
                 let wait = try await retryingDatabase({
                     try await credentials.takeLoginLease(

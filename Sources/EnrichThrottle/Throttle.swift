@@ -42,8 +42,8 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
     private let budget: (any SharedSendBudget)?
     /// Send slots reserved for this process from the fleet's budget.
     private var block: (next: C.Instant, interval: Duration, remaining: Int)?
-    private var reserving = false
-    private var reservationWaiters: [CheckedContinuation<Void, Never>] = []
+    private var consultingBudget = false
+    private var budgetWaiters: [CheckedContinuation<Void, Never>] = []
     /// Live workers when the budget last answered: the share to keep to without it.
     private var fleetSize = 1
     private var budgetFailing = false
@@ -70,20 +70,25 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
                 try await clock.sleep(until: pausedUntil, tolerance: nil)
                 continue
             }
+            if budget != nil && consultingBudget {
+                await withCheckedContinuation { budgetWaiters.append($0) }
+                continue
+            }
             if let budget, lastPauseCheck.map({ $0.duration(to: now) >= .milliseconds(250) }) ?? true,
                 budgetRetryAt.map({ now >= $0 }) ?? true
             {
+                // One look at the fleet's pause at a time; the other callers wait for it (at most a second).
                 lastPauseCheck = now
+                consultingBudget = true
                 do {
                     let pause = try await budget.pausedFor()
                     budgetRetryAt = nil
-                    if pause > .zero {
-                        extendPause(until: clock.now.advanced(by: pause))
-                        continue
-                    }
+                    if pause > .zero { extendPause(until: clock.now.advanced(by: pause)) }
                 } catch {
                     budgetRetryAt = clock.now.advanced(by: .seconds(1))
                 }
+                finishConsultingBudget()
+                continue
             }
             guard let rate = controller.currentRate(now: now) else { return now }
             let interval = Duration.seconds(1 / rate)
@@ -127,8 +132,8 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
                 if let pausedUntil, clock.now < pausedUntil { continue }
                 return clock.now
             }
-            if reserving {
-                await withCheckedContinuation { reservationWaiters.append($0) }
+            if consultingBudget {
+                await withCheckedContinuation { budgetWaiters.append($0) }
                 continue
             }
             await reserve(from: budget)
@@ -137,18 +142,15 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
 
     /// Reserves the next block of slots; without the budget, takes a block at this worker's share of the rate.
     private func reserve(from budget: any SharedSendBudget) async {
-        reserving = true
-        defer {
-            reserving = false
-            let waiters = reservationWaiters
-            reservationWaiters = []
-            for waiter in waiters { waiter.resume() }
-        }
+        consultingBudget = true
+        defer { finishConsultingBudget() }
         let rate = controller.currentRate(now: clock.now) ?? configuration.controller.maximumRate ?? 1
         let count = max(1, min(Int((rate / 10).rounded(.up)), 256))
         let interval = Duration.seconds(1 / rate)
+        // Without the budget, blocks at this worker's share follow on from the last one.
+        let localStart = max(clock.now, block?.next ?? clock.now)
         if let budgetRetryAt, clock.now < budgetRetryAt {
-            block = (clock.now, interval * fleetSize, count)
+            block = (localStart, interval * fleetSize, count)
             return
         }
         do {
@@ -171,8 +173,15 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
                 )
             }
             budgetRetryAt = clock.now.advanced(by: .seconds(1))
-            block = (clock.now, interval * fleetSize, count)
+            block = (localStart, interval * fleetSize, count)
         }
+    }
+
+    private func finishConsultingBudget() {
+        consultingBudget = false
+        let waiters = budgetWaiters
+        budgetWaiters = []
+        for waiter in waiters { waiter.resume() }
     }
 
     private func extendPause(until: C.Instant) {

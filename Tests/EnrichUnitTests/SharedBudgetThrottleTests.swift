@@ -1,0 +1,146 @@
+import EnrichThrottle
+import Logging
+import Synchronization
+import Testing
+
+/// ``Throttle`` with a fleet's ``SharedSendBudget``: the budget here is an in-memory GCRA on the test's manual
+/// clock (the PostgreSQL one is proven in the integration suite), so the sharing logic runs in milliseconds.
+@Suite("Throttle with a shared send budget (in-memory budget, manual clock)", .timeLimit(.minutes(1)))
+struct SharedBudgetThrottleTests {
+    static let quiet = Logger(label: "quiet", factory: { _ in SwiftLogNoOpLogHandler() })
+
+    /// GCRA over `clock`, like `FleetLimiter`'s statement.
+    final class MemoryBudget: SharedSendBudget {
+        private struct State {
+            var tat: ManualClock.Instant?
+            var pausedUntil: ManualClock.Instant?
+            var failing = false
+            var reservations = 0
+        }
+
+        private let clock: ManualClock
+        private let state = Mutex(State())
+        let liveWorkers: Int
+
+        init(clock: ManualClock, liveWorkers: Int = 1) {
+            self.clock = clock
+            self.liveWorkers = liveWorkers
+        }
+
+        var reservations: Int { state.withLock { $0.reservations } }
+        func fail(_ failing: Bool) { state.withLock { $0.failing = failing } }
+
+        func reserve(count: Int, rate: Double) async throws -> SharedReservation {
+            let now = clock.now
+            return try state.withLock { state in
+                if state.failing { throw CancellationError() }
+                var start = max(state.tat ?? now, now.advanced(by: .seconds(-1 / rate)))
+                if let paused = state.pausedUntil { start = max(start, paused) }
+                state.tat = start.advanced(by: .seconds(Double(count) / rate))
+                state.reservations += 1
+                let paused = state.pausedUntil.map { max(now.duration(to: $0), .zero) } ?? .zero
+                return SharedReservation(startsIn: now.duration(to: start), pausedFor: paused, liveWorkers: liveWorkers)
+            }
+        }
+
+        func pause(for duration: Duration) async throws {
+            let until = clock.now.advanced(by: duration)
+            state.withLock { $0.pausedUntil = max($0.pausedUntil ?? until, until) }
+        }
+
+        func pausedFor() async throws -> Duration {
+            let now = clock.now
+            return state.withLock { $0.pausedUntil.map { max(now.duration(to: $0), .zero) } ?? .zero }
+        }
+    }
+
+    static func throttle(_ clock: ManualClock, _ budget: MemoryBudget, rate: Double?) -> Throttle<ManualClock> {
+        Throttle(
+            configuration: .init(controller: .init(maximumRate: rate)),
+            clock: clock,
+            logger: quiet,
+            budget: budget
+        )
+    }
+
+    /// Acquires `count` slots from each throttle on as many tasks, driving the clock; returns the send instants.
+    static func acquire(
+        _ count: Int,
+        from throttles: [Throttle<ManualClock>],
+        clock: ManualClock
+    ) async -> [ManualClock.Instant] {
+        let finished = Locked(0)
+        return await withTaskGroup(of: [ManualClock.Instant].self) { group in
+            for throttle in throttles {
+                for _ in 0..<count {
+                    group.addTask {
+                        let at = (try? await throttle.acquire()) ?? clock.now
+                        finished.withLock { $0 += 1 }
+                        return [at]
+                    }
+                }
+            }
+            group.addTask {
+                await clock.drive { finished.withLock { $0 } == count * throttles.count }
+                return []
+            }
+            var instants: [ManualClock.Instant] = []
+            for await batch in group { instants += batch }
+            return instants.sorted()
+        }
+    }
+
+    @Test("two workers at a fleet rate of 10/s share it: 40 sends span 4 s, in blocks of a tenth of a second")
+    func fleetRateShared() async {
+        let clock = ManualClock()
+        let budget = MemoryBudget(clock: clock, liveWorkers: 2)
+        let throttles = [Self.throttle(clock, budget, rate: 10), Self.throttle(clock, budget, rate: 10)]
+        let sent = await Self.acquire(20, from: throttles, clock: clock)
+        let span = sent.first!.duration(to: sent.last!)
+        #expect(span >= .milliseconds(3_800), "40 sends at 10/s for the fleet took \(span)")
+        #expect(span <= .milliseconds(4_200))
+        #expect(budget.reservations == 40, "one slot per block at 10/s (a tenth of a second)")
+        for (earlier, later) in zip(sent, sent.dropFirst(2)) {
+            #expect(earlier.duration(to: later) >= .milliseconds(190), "never two sends closer than the rate allows")
+        }
+    }
+
+    @Test("a fleet pause holds every send of a worker that did not see the 429 itself")
+    func pauseFromTheFleet() async throws {
+        let clock = ManualClock()
+        let budget = MemoryBudget(clock: clock)
+        let paced = Self.throttle(clock, budget, rate: 10)
+        let adaptive = Self.throttle(clock, budget, rate: nil)
+        try await budget.pause(for: .seconds(5))
+        let sent = await Self.acquire(3, from: [paced, adaptive], clock: clock)
+        #expect(sent.allSatisfy { $0 >= Instant(offset: .seconds(5)) }, "\(sent)")
+    }
+
+    @Test("a 429 seen by one worker pauses the others through the budget")
+    func pauseSharedOnThrottle() async throws {
+        let clock = ManualClock()
+        let budget = MemoryBudget(clock: clock)
+        let first = Self.throttle(clock, budget, rate: nil)
+        let second = Self.throttle(clock, budget, rate: nil)
+        let sentAt = try await first.acquire()
+        await first.throttled(sentAt: sentAt, retryAfter: .seconds(3))
+        #expect(try await budget.pausedFor() == .seconds(3))
+        let sent = await Self.acquire(1, from: [second], clock: clock)
+        #expect(sent.allSatisfy { $0 >= Instant(offset: .seconds(3)) }, "\(sent)")
+    }
+
+    @Test("without the budget a worker keeps to its share of the fleet's rate (rate / live workers)")
+    func fallbackShare() async {
+        let clock = ManualClock()
+        let budget = MemoryBudget(clock: clock, liveWorkers: 4)
+        let throttle = Self.throttle(clock, budget, rate: 20)
+        _ = await Self.acquire(1, from: [throttle], clock: clock)
+        budget.fail(true)
+        let sent = await Self.acquire(21, from: [throttle], clock: clock)
+        let span = sent.first!.duration(to: sent.last!)
+        // 20/s shared by 4 workers: 5/s for this one, so 21 sends span 4 s.
+        #expect(span >= .milliseconds(3_800) && span <= .milliseconds(4_400), "21 sends took \(span)")
+    }
+
+    typealias Instant = ManualClock.Instant
+}
