@@ -55,6 +55,7 @@ struct Heartbeat<C: Clock>: Sendable where C.Duration == Duration {
                 logins: Int(counters.logins),
                 rate: await throttle.currentRate()
             )
+            await accounting.metrics.refresh(fleet: await store.fleetStatus())
             if stalled.warn {
                 logger.error(
                     "no row completed while holding rows, with the database and the API answering: looks stuck",

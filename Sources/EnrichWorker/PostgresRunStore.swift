@@ -4,6 +4,7 @@ import Logging
 /// The run's store in PostgreSQL: the queue and job runs tables, the run's liveness lock, and one outage
 /// budget (``DatabaseGuard``) that bounds and retries every statement.
 struct PostgresRunStore: RunStore {
+    let database: Database
     let queue: Queue
     let jobRuns: JobRuns
     let liveness: RunLiveness
@@ -14,6 +15,7 @@ struct PostgresRunStore: RunStore {
     private var runID: Int64 { liveness.runID }
 
     init(database: Database, liveness: RunLiveness, owner: String, configuration: WorkerConfiguration, logger: Logger) {
+        self.database = database
         self.queue = Queue(database: database)
         self.jobRuns = JobRuns(database: database)
         self.liveness = liveness
@@ -66,6 +68,12 @@ struct PostgresRunStore: RunStore {
     func counts() async throws -> QueueCounts {
         let queue = queue
         return try await guardian.run("count rows") { try await queue.counts() }
+    }
+
+    func fleetStatus() async -> FleetStatus? {
+        // Best effort, outside the outage budget: a gauge is not worth retrying for.
+        guard !isFailing else { return nil }
+        return try? await FleetStatus.read(database)
     }
 
     func compactCounts() async throws {

@@ -26,6 +26,11 @@ public final class RunMetrics: Sendable {
     private let callDuration: Timer
     private let queueItems: [ItemState: Gauge]
     private let throttleRate: Gauge
+    private let fleetWorkers: Gauge
+    private let fleetTokenGeneration: Gauge
+    private let fleetTokenExpiresIn: Gauge
+    private let fleetLoginsLastHour: Gauge
+    private let fleetPaused: Gauge
     private let loginsReported = Mutex(0)
 
     static let callOutcomes = [
@@ -70,6 +75,11 @@ public final class RunMetrics: Sendable {
             }
         )
         throttleRate = Gauge(label: "enrich_throttle_rate", factory: factory)
+        fleetWorkers = Gauge(label: "enrich_fleet_workers", factory: factory)
+        fleetTokenGeneration = Gauge(label: "enrich_fleet_token_generation", factory: factory)
+        fleetTokenExpiresIn = Gauge(label: "enrich_fleet_token_expires_in_seconds", factory: factory)
+        fleetLoginsLastHour = Gauge(label: "enrich_fleet_logins_last_hour", factory: factory)
+        fleetPaused = Gauge(label: "enrich_fleet_paused_seconds", factory: factory)
     }
 
     /// The Prometheus-style name of an API error code (`serverError` → `server_error`).
@@ -113,5 +123,18 @@ public final class RunMetrics: Sendable {
         }
         recordLoginTotal(logins)
         throttleRate.record(await rate() ?? 0)
+    }
+
+    /// Refreshes the fleet's gauges (live workers, the shared token's generation, expiry and logins of the
+    /// last hour, the fleet-wide pause) when metrics are on; `status` is read only then.
+    func refresh(fleet status: @autoclosure () async -> FleetStatus?) async {
+        guard isEnabled, let fleet = await status() else { return }
+        fleetWorkers.record(fleet.workers.count)
+        if let token = fleet.tokens.first {
+            fleetTokenGeneration.record(token.generation)
+            fleetTokenExpiresIn.record(max(0, token.expiresInSeconds ?? 0))
+            fleetLoginsLastHour.record(token.loginsLastHour)
+        }
+        fleetPaused.record(fleet.budgets.map(\.pausedForSeconds).max() ?? 0)
     }
 }

@@ -20,6 +20,8 @@ public protocol RunStore: Sendable {
     func extendLeases() async throws
     /// Rows by state (the progress total, the metrics).
     func counts() async throws -> QueueCounts
+    /// What the workers of the schema share (for metrics); nil when it cannot be read now.
+    func fleetStatus() async -> FleetStatus?
     /// Folds the per-state counters' deltas (periodic housekeeping).
     func compactCounts() async throws
     /// Proves the run alive; true when its liveness had to be taken again (its session had ended).

@@ -98,9 +98,9 @@ struct FleetTests {
             let stats = simulator.stats()
             #expect(stats.access401 == 0 && stats.expiredTokenUses == 0, "no call used an expired token")
             #expect(stats.loginsThrottled == 0, "no login refused with 429")
-            // 8 s with a renewal every 2 s: 1 + floor(8 / 2) = 5 logins for the whole fleet (4 workers alone
-            // would need 20).
-            #expect((4...6).contains(stats.logins), "one login per lifetime for the fleet: \(stats.logins)")
+            // 8 s with a renewal every 2 s: at most 1 + floor(8 / 2) = 5 logins for the whole fleet (4 workers
+            // alone would need 20); fewer when a loaded machine starts the calls late, never an expired token.
+            #expect((2...6).contains(stats.logins), "one login per lifetime for the fleet: \(stats.logins)")
             var performed = 0
             for store in stores { performed += await store.loginCount() }
             #expect(performed == stats.logins, "every login counted by the worker that made it")

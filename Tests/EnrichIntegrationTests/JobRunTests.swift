@@ -306,6 +306,8 @@ struct JobRunTests {
                 #"enrich_api_calls_total{outcome="bad_request"} 4"#, "enrich_logins_total 1",
                 #"enrich_queue_items{state="done"} 196"#, #"enrich_queue_items{state="pending"} 0"#,
                 "enrich_api_throttled_total 0", "enrich_throttle_rate 0", "enrich_api_call_duration_seconds_count 200",
+                "enrich_fleet_workers 1", "enrich_fleet_token_generation 1", "enrich_fleet_logins_last_hour 1",
+                "enrich_fleet_paused_seconds 0",
             ]
             let deadline = ContinuousClock.now + .seconds(15)
             while ContinuousClock.now < deadline {

@@ -157,6 +157,8 @@ final class MemoryRunStore: RunStore {
         try await Task.sleep(for: .seconds(3600))
     }
 
+    func fleetStatus() async -> FleetStatus? { nil }
+
     var isFailing: Bool { false }
     func limitStatements(to time: Duration) {}
 }
