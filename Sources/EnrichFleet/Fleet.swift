@@ -6,7 +6,7 @@ import Logging
 import NymbleAPI
 
 /// What the workers of a schema share when they call the same API with the same credentials: one token
-/// (``FleetTokenStore``) and one send budget (``PostgresSendBudget``), both in PostgreSQL. On by default;
+/// (``FleetTokenSource`` behind a ``SharedTokenStore``) and one send budget (``PostgresSendBudget``), both in PostgreSQL. On by default;
 /// `--solo` runs a process on its own (its own token and throttle).
 public struct Fleet: Sendable {
     public let credentials: FleetCredentials
@@ -29,15 +29,15 @@ public struct Fleet: Sendable {
         try await limiter.prepare()
     }
 
-    /// The fleet's token, logging in with `login` when this process has to.
+    /// The fleet's token for this process, logging in with `login` when this process has to.
     public func tokens<C: Clock>(
         configuration: TokenStoreConfiguration,
         databaseRetryLimit: Duration,
         clock: C,
         logger: Logger,
         login: @escaping @Sendable () async throws -> LoginGrant
-    ) -> FleetTokenStore<C> where C.Duration == Duration {
-        FleetTokenStore(
+    ) -> SharedTokenStore<C> where C.Duration == Duration {
+        let source = FleetTokenSource(
             credentials: credentials,
             seal: seal,
             owner: owner,
@@ -47,6 +47,7 @@ public struct Fleet: Sendable {
             logger: logger,
             login: login
         )
+        return SharedTokenStore(source: source, clock: clock, logger: logger)
     }
 
     /// The fleet's send budget, for the throttle.

@@ -3,7 +3,7 @@ import PostgresNIO
 /// The login state every worker of a schema shares for one API identity (a row of `api_credentials`):
 /// the sealed token and its generation, its expiry and refresh-ahead time on the database's clock, the
 /// login lease and the fleet's recent logins. SQL only: sealing, waiting and retrying belong to the caller
-/// (`FleetTokenStore`). All times are the database's, so processes on hosts with skewed clocks agree.
+/// (`FleetTokenSource`). All times are the database's, so processes on hosts with skewed clocks agree.
 public struct FleetCredentials: Sendable {
     public let database: Database
     /// SHA-256 of the API base URL, OrgCode and ClientId, in hex: never the secret.

@@ -12,9 +12,8 @@ public struct IssuedToken: Sendable, Hashable {
     }
 }
 
-/// Where workers get the bearer token from. One implementation keeps it in memory for one process
-/// (``SharedTokenStore``); another could share it between processes through PostgreSQL behind the same
-/// interface.
+/// Where workers get the bearer token from: ``SharedTokenStore``, with a login of its own
+/// (``LoginTokenSource``) or the token the workers of a fleet share through PostgreSQL.
 public protocol TokenProvider: Sendable {
     /// A token that is valid now. Logs in when there is none (one login at a time, whoever asks).
     func currentToken() async throws -> IssuedToken

@@ -27,11 +27,11 @@ struct FleetTests {
         client: NymbleClient,
         credentials: NymbleCredentials = simulatorCredentials,
         configuration: TokenStoreConfiguration = .init()
-    ) async throws -> FleetTokenStore<ContinuousClock> {
+    ) async throws -> SharedTokenStore<ContinuousClock> {
         let key = key(baseURL, credentials)
         let shared = FleetCredentials(database: database, key: key)
         try await shared.prepare()
-        return FleetTokenStore(
+        let source = FleetTokenSource(
             credentials: shared,
             seal: TokenSeal(secret: credentials.clientSecret, credentialsKey: key),
             owner: name,
@@ -40,6 +40,32 @@ struct FleetTests {
             clock: ContinuousClock(),
             logger: quietLogger
         ) { try await client.login(credentials) }
+        return SharedTokenStore(source: source, clock: ContinuousClock(), logger: quietLogger)
+    }
+
+    /// `count` workers' stores, named w0, w1, ...
+    static func stores(
+        _ count: Int,
+        database: Database,
+        baseURL: String,
+        client: NymbleClient,
+        credentials: NymbleCredentials = simulatorCredentials,
+        configuration: TokenStoreConfiguration = .init()
+    ) async throws -> [SharedTokenStore<ContinuousClock>] {
+        var stores: [SharedTokenStore<ContinuousClock>] = []
+        for worker in 0..<count {
+            stores.append(
+                try await store(
+                    "w\(worker)",
+                    database: database,
+                    baseURL: baseURL,
+                    client: client,
+                    credentials: credentials,
+                    configuration: configuration
+                )
+            )
+        }
+        return stores
     }
 
     static func withFleet(
@@ -63,18 +89,13 @@ struct FleetTests {
         var simulator = SimulatorConfiguration()
         simulator.tokenLifetime = .seconds(3)
         try await Self.withFleet(simulator) { database, simulator, baseURL, client in
-            var stores: [FleetTokenStore<ContinuousClock>] = []
-            for worker in 0..<4 {
-                stores.append(
-                    try await Self.store(
-                        "worker-\(worker)",
-                        database: database,
-                        baseURL: baseURL,
-                        client: client,
-                        configuration: TokenStoreConfiguration(refreshMargin: .seconds(1))
-                    )
-                )
-            }
+            let stores = try await Self.stores(
+                4,
+                database: database,
+                baseURL: baseURL,
+                client: client,
+                configuration: TokenStoreConfiguration(refreshMargin: .seconds(1))
+            )
             let deadline = ContinuousClock.now + .seconds(8)
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for (worker, store) in stores.enumerated() {
@@ -110,10 +131,7 @@ struct FleetTests {
     @Test("a revoked token, 4 workers × 50 callers get 401 together: one login for the fleet, every call then succeeds")
     func revokedTokenOneLogin() async throws {
         try await Self.withFleet { database, simulator, baseURL, client in
-            var stores: [FleetTokenStore<ContinuousClock>] = []
-            for worker in 0..<4 {
-                stores.append(try await Self.store("w\(worker)", database: database, baseURL: baseURL, client: client))
-            }
+            let stores = try await Self.stores(4, database: database, baseURL: baseURL, client: client)
             for store in stores { _ = try await store.currentToken() }
             #expect(simulator.stats().logins == 1, "the first login is shared")
             simulator.revokeAllTokens()
@@ -159,18 +177,13 @@ struct FleetTests {
                 clientId: simulatorCredentials.clientId,
                 clientSecret: "not-the-secret"
             )
-            var stores: [FleetTokenStore<ContinuousClock>] = []
-            for worker in 0..<4 {
-                stores.append(
-                    try await Self.store(
-                        "w\(worker)",
-                        database: database,
-                        baseURL: baseURL,
-                        client: client,
-                        credentials: wrong
-                    )
-                )
-            }
+            let stores = try await Self.stores(
+                4,
+                database: database,
+                baseURL: baseURL,
+                client: client,
+                credentials: wrong
+            )
             var messages: [String] = []
             for store in stores {
                 do {
@@ -217,18 +230,13 @@ struct FleetTests {
         simulator.recordTimes = true
         try await Self.withFleet(simulator) { database, simulator, baseURL, client in
             let configuration = TokenStoreConfiguration(loginsPerWindow: 3, loginWindow: .seconds(2))
-            var stores: [FleetTokenStore<ContinuousClock>] = []
-            for worker in 0..<4 {
-                stores.append(
-                    try await Self.store(
-                        "w\(worker)",
-                        database: database,
-                        baseURL: baseURL,
-                        client: client,
-                        configuration: configuration
-                    )
-                )
-            }
+            let stores = try await Self.stores(
+                4,
+                database: database,
+                baseURL: baseURL,
+                client: client,
+                configuration: configuration
+            )
             for round in 0..<8 {
                 let store = stores[round % 4]
                 let token = try await store.currentToken()

@@ -5,8 +5,8 @@ import EnrichToken
 import Logging
 import NymbleAPI
 
-/// The login token every worker of a fleet shares through PostgreSQL (``FleetCredentials``), behind the
-/// same interface as the in-process ``SharedTokenStore``:
+/// The login token every worker of a fleet shares through PostgreSQL (``FleetCredentials``), as the
+/// ``TokenSource`` of a process's ``SharedTokenStore``:
 ///
 /// - **One login for the fleet**: a worker without a valid token reads the shared one; only the holder of
 ///   the login lease logs in (a worker that dies mid-login loses the lease when it expires), and the
@@ -20,15 +20,9 @@ import NymbleAPI
 /// - **Refused credentials** are recorded with a fingerprint of the secret: every worker with that secret
 ///   stops at once with the same message, until one logs in with another secret.
 ///
-/// The token is stored sealed (``TokenSeal``). Within a process, callers share one lookup at a time.
-public actor FleetTokenStore<C: Clock>: TokenProvider where C.Duration == Duration {
+/// The token is stored sealed (``TokenSeal``).
+public actor FleetTokenSource<C: Clock>: TokenSource where C.Duration == Duration {
     public typealias Login = @Sendable () async throws -> LoginGrant
-
-    private struct Current {
-        var issued: IssuedToken
-        var expiresAt: C.Instant
-        var refreshAt: C.Instant
-    }
 
     private let credentials: FleetCredentials
     private let seal: TokenSeal
@@ -38,23 +32,18 @@ public actor FleetTokenStore<C: Clock>: TokenProvider where C.Duration == Durati
     private let configuration: TokenStoreConfiguration
     private let databaseRetryLimit: Duration
     private let logger: Logger
-    private let backoff = Backoff(base: .seconds(1), cap: .seconds(30))
     /// How often a worker looks again while another one logs in.
     private let pollInterval = Duration.milliseconds(100)
     /// How long a login lease lasts (renewed before each login request).
     private let lease = Duration.seconds(30)
 
-    private var current: Current?
-    private var lookupInFlight = false
-    private var waiters: [CheckedContinuation<Result<IssuedToken, any Error>?, Never>] = []
-    private var fatalError: NymbleAPIError?
     /// Tokens of this generation or older are not used again (this process saw a 401 for them).
     private var rejectedGeneration: Int64 = 0
     private var logins = 0
 
     /// - Parameters:
-    ///   - owner: this worker's name in the login lease (host, pid, run).
-    ///   - databaseRetryLimit: how long the shared row may stay unreachable before a lookup fails.
+    ///   - owner: this worker's name in the login lease (host, pid).
+    ///   - databaseRetryLimit: how long the shared row may stay unreachable before a fetch fails.
     ///   - login: performs one `POST /api/auth/login`.
     public init(
         credentials: FleetCredentials,
@@ -76,29 +65,7 @@ public actor FleetTokenStore<C: Clock>: TokenProvider where C.Duration == Durati
         self.login = login
     }
 
-    public func currentToken() async throws -> IssuedToken {
-        while true {
-            if let fatalError { throw fatalError }
-            try Task.checkCancellation()
-            let now = clock.now
-            if let current {
-                if now < current.refreshAt { return current.issued }
-                // A lookup or renewal is under way and the old token still has time: keep using it.
-                if lookupInFlight && now < current.expiresAt.advanced(by: .seconds(-1)) { return current.issued }
-            }
-            if lookupInFlight {
-                let outcome = await withCheckedContinuation { waiters.append($0) }
-                if let outcome { return try outcome.get() }
-                continue
-            }
-            return try await leadLookup()
-        }
-    }
-
-    public func tokenRejected(_ token: IssuedToken) async {
-        guard let current, current.issued.generation == token.generation else { return }
-        logger.info("token rejected with 401; renewing for the fleet", metadata: ["generation": "\(token.generation)"])
-        self.current = nil
+    public func rejected(_ token: IssuedToken) async {
         rejectedGeneration = max(rejectedGeneration, Int64(token.generation))
         try? await credentials.expire(generation: Int64(token.generation))
     }
@@ -106,36 +73,9 @@ public actor FleetTokenStore<C: Clock>: TokenProvider where C.Duration == Durati
     /// Logins this process performed for the fleet.
     public func loginCount() -> Int { logins }
 
-    private func leadLookup() async throws -> IssuedToken {
-        lookupInFlight = true
-        do {
-            let issued = try await obtain()
-            finish(with: .success(issued))
-            return issued
-        } catch let error as NymbleAPIError where error.code == .invalidCredentials {
-            fatalError = error
-            finish(with: .failure(error))
-            throw error
-        } catch is CancellationError {
-            finish(with: nil)
-            throw CancellationError()
-        } catch {
-            finish(with: .failure(error))
-            throw error
-        }
-    }
-
-    private func finish(with outcome: Result<IssuedToken, any Error>?) {
-        lookupInFlight = false
-        let woken = waiters
-        waiters = []
-        for waiter in woken { waiter.resume(returning: outcome) }
-    }
-
     /// Takes the fleet's token, waits for the worker logging in, or logs in with the lease.
-    private func obtain() async throws -> IssuedToken {
-        var transientFailures = 0
-        var unreachableFailures = 0
+    public func fetch() async throws -> FetchedToken {
+        var retries = LoginRetries(configuration: configuration)
         while true {
             try Task.checkCancellation()
             let snapshot = try await retryingDatabase { try await credentials.read(owner: owner) }
@@ -189,71 +129,41 @@ public actor FleetTokenStore<C: Clock>: TokenProvider where C.Duration == Durati
                         sentAgo: sentAgo
                     )
                 }
-                let issued = IssuedToken(token: grant.token, generation: Int(stored))
-                let expiresAt = sentAt.advanced(by: grant.expiresIn)
-                current = Current(
-                    issued: issued,
-                    expiresAt: expiresAt,
-                    refreshAt: expiresAt.advanced(by: .zero - margin)
-                )
                 logger.info(
                     "logged in",
                     metadata: ["expires_in": "\(grant.expiresIn)", "generation": "\(stored)", "shared": "fleet"]
                 )
-                return issued
+                let expiresIn = grant.expiresIn - sentAt.duration(to: clock.now)
+                return FetchedToken(
+                    issued: IssuedToken(token: grant.token, generation: Int(stored)),
+                    expiresIn: expiresIn,
+                    renewIn: expiresIn - margin
+                )
             } catch let error as NymbleAPIError where error.code == .invalidCredentials {
                 try? await credentials.recordRefusal(fingerprint: seal.fingerprint, message: error.description)
                 throw error
-            } catch let error as NymbleAPIError {
-                try? await credentials.releaseLoginLease(owner: owner)
-                let wait: Duration
-                switch error.code {
-                case .rateLimited:
-                    wait = max(
-                        min(error.retryAfter ?? configuration.loginWindow, configuration.maximumRetryAfter),
-                        .seconds(1)
-                    )
-                    logger.warning("login answered 429; waiting", metadata: ["wait": "\(wait)"])
-                case .unreachable:
-                    unreachableFailures += 1
-                    if unreachableFailures >= configuration.maximumUnreachableLoginAttempts { throw error }
-                    wait = .milliseconds(250) * unreachableFailures
-                    logger.warning(
-                        "login could not connect; retrying",
-                        metadata: ["error": "\(error)", "wait": "\(wait)"]
-                    )
-                default:
-                    guard error.isTransient || error.code == .undecodable else { throw error }
-                    transientFailures += 1
-                    if transientFailures >= configuration.maximumLoginAttempts { throw error }
-                    wait = backoff.delay(attempt: transientFailures)
-                    logger.warning("login failed; retrying", metadata: ["error": "\(error)", "wait": "\(wait)"])
-                }
-                try await clock.sleep(for: wait)
             } catch {
                 try? await credentials.releaseLoginLease(owner: owner)
-                throw error
+                let wait = try retries.wait(after: error, logger: logger)
+                try await clock.sleep(for: wait)
             }
         }
     }
 
     /// Uses the shared token when it is valid, not rejected here, and either not due for renewal or being
     /// renewed by another worker (then looked at again shortly).
-    private func adopt(_ snapshot: FleetCredentials.Snapshot) -> IssuedToken? {
+    private func adopt(_ snapshot: FleetCredentials.Snapshot) -> FetchedToken? {
         guard let sealed = snapshot.sealedToken, snapshot.generation > rejectedGeneration,
             let expiresIn = snapshot.expiresIn, expiresIn > .seconds(2), let refreshIn = snapshot.refreshIn,
             refreshIn > .zero || snapshot.loginUnderWay,
             let token = seal.open(sealed)  // nil: sealed under another secret; log in with ours
         else { return nil }
-        let now = clock.now
-        let issued = IssuedToken(token: AccessToken(token), generation: Int(snapshot.generation))
-        let lookAgain = refreshIn > .zero ? refreshIn : min(pollInterval * 3, expiresIn - .seconds(2))
-        current = Current(
-            issued: issued,
-            expiresAt: now.advanced(by: expiresIn),
-            refreshAt: now.advanced(by: lookAgain)
+        return FetchedToken(
+            issued: IssuedToken(token: AccessToken(token), generation: Int(snapshot.generation)),
+            expiresIn: expiresIn,
+            // While another worker renews it, look again shortly.
+            renewIn: refreshIn > .zero ? refreshIn : min(pollInterval * 3, expiresIn - .seconds(2))
         )
-        return issued
     }
 
     /// Runs a statement on the shared row, retrying transient failures for up to the retry limit.
