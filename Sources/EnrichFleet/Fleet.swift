@@ -67,11 +67,17 @@ public struct PostgresSendBudget: SharedSendBudget {
         return SharedReservation(
             startsIn: reservation.startsIn,
             pausedFor: reservation.pausedFor,
-            liveWorkers: reservation.liveRuns
+            liveWorkers: reservation.liveRuns,
+            pauseEvents: reservation.pauseEvents
         )
     }
 
-    public func pause(for duration: Duration) async throws { try await limiter.pause(for: duration, timeout: timeout) }
+    public func pause(for duration: Duration) async throws -> Int64 {
+        try await limiter.pause(for: duration, timeout: timeout)
+    }
 
-    public func pausedFor() async throws -> Duration { try await limiter.pausedFor(timeout: timeout) }
+    public func pause() async throws -> SharedPause {
+        let pause = try await limiter.pause(timeout: timeout)
+        return SharedPause(pausedFor: pause.pausedFor, events: pause.events)
+    }
 }

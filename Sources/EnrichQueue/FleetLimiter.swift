@@ -22,6 +22,14 @@ public struct FleetLimiter: Sendable {
         public var pausedFor: Duration
         /// Runs of the schema alive now (this one included): the share to fall back to without the database.
         public var liveRuns: Int
+        /// Congestion events so far (pauses set while none was in force).
+        public var pauseEvents: Int64
+    }
+
+    /// The fleet-wide pause: how long it still holds, and the congestion events so far.
+    public struct Pause: Sendable, Equatable {
+        public var pausedFor: Duration
+        public var events: Int64
     }
 
     /// Creates the row when it does not exist yet.
@@ -51,41 +59,59 @@ public struct FleetLimiter: Sendable {
             RETURNING EXTRACT(EPOCH FROM tat - make_interval(secs => \(span)) - now())::float8,
                 greatest(EXTRACT(EPOCH FROM coalesce(paused_until, now()) - now()), 0)::float8,
                 (SELECT count(*) FROM \(unescaped: database.schema).job_runs
-                 WHERE state = 'running' AND heartbeat_at > now() - interval '1 minute')::integer
+                 WHERE state = 'running' AND heartbeat_at > now() - interval '1 minute')::integer,
+                pause_events
             """,
             timeout: timeout
         )
         guard let row = rows.first else {
             throw DatabaseError(.queryFailed, "the shared send budget row \(key) is missing")
         }
-        let (startsIn, pausedFor, liveRuns) = try row.decode((Double, Double, Int32).self)
-        return Reservation(startsIn: .seconds(startsIn), pausedFor: .seconds(pausedFor), liveRuns: Int(liveRuns))
+        let (startsIn, pausedFor, liveRuns, events) = try row.decode((Double, Double, Int32, Int64).self)
+        return Reservation(
+            startsIn: .seconds(startsIn),
+            pausedFor: .seconds(pausedFor),
+            liveRuns: Int(liveRuns),
+            pauseEvents: events
+        )
     }
 
-    /// Pauses every worker of the fleet for `duration` from now (a longer pause already set stands).
-    public func pause(for duration: Duration, timeout: Duration? = nil) async throws {
-        try await database.query(
+    /// Pauses every worker of the fleet for `duration` from now (a longer pause already set stands); a pause
+    /// set while none is in force starts a new congestion event. Returns the events so far.
+    @discardableResult
+    public func pause(for duration: Duration, timeout: Duration? = nil) async throws -> Int64 {
+        let rows = try await database.query(
             "pause the fleet",
             """
             UPDATE \(unescaped: database.schema).api_limiter SET
                 paused_until = greatest(coalesce(paused_until, now()), now() + make_interval(secs => \(duration.inSeconds))),
-                pauses = pauses + 1, updated_at = now()
+                pause_events = pause_events + CASE WHEN coalesce(paused_until, now()) <= now() THEN 1 ELSE 0 END,
+                updated_at = now()
             WHERE key = \(key)
+            RETURNING pause_events
             """,
             timeout: timeout
         )
+        guard let events = try rows.first?.decode(Int64.self) else {
+            throw DatabaseError(.queryFailed, "the shared send budget row \(key) is missing")
+        }
+        return events
     }
 
-    /// The fleet-wide pause still in force (zero when none).
-    public func pausedFor(timeout: Duration? = nil) async throws -> Duration {
+    /// The fleet-wide pause still in force (zero when none) and the congestion events so far.
+    public func pause(timeout: Duration? = nil) async throws -> Pause {
         let rows = try await database.query(
             "read the fleet pause",
             """
-            SELECT greatest(EXTRACT(EPOCH FROM coalesce(paused_until, now()) - now()), 0)::float8
+            SELECT greatest(EXTRACT(EPOCH FROM coalesce(paused_until, now()) - now()), 0)::float8, pause_events
             FROM \(unescaped: database.schema).api_limiter WHERE key = \(key)
             """,
             timeout: timeout
         )
-        return .seconds(try rows.first?.decode(Double.self) ?? 0)
+        guard let row = rows.first else {
+            throw DatabaseError(.queryFailed, "the shared send budget row \(key) is missing")
+        }
+        let (paused, events) = try row.decode((Double, Int64).self)
+        return Pause(pausedFor: .seconds(paused), events: events)
     }
 }

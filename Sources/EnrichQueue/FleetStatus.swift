@@ -21,6 +21,7 @@ public struct FleetStatus: Codable, Sendable, Equatable {
         public var pausedForSeconds: Double
         public var slotsReserved: Int64
         public var reservations: Int64
+        /// Congestion events: pauses set while none was in force.
         public var pauses: Int64
     }
 
@@ -65,7 +66,7 @@ public struct FleetStatus: Codable, Sendable, Equatable {
             "read the shared send budgets",
             """
             SELECT key, greatest(EXTRACT(EPOCH FROM coalesce(paused_until, now()) - now()), 0)::float8,
-                reserved, reservations, pauses
+                reserved, reservations, pause_events
             FROM \(unescaped: schema).api_limiter ORDER BY key
             """
         ).map { row in

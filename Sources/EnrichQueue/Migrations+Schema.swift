@@ -213,7 +213,8 @@ enum Migrations {
     ///   the last hour (the vendor's 10 logins/min per ClientId is kept fleet-wide); a refusal of the
     ///   credentials, tied to an HMAC fingerprint of the refused secret.
     /// - `api_limiter`, one row per API base URL: the GCRA theoretical arrival time of the next free send
-    ///   slot (`tat`), which processes reserve in blocks, and the fleet-wide pause after a 429.
+    ///   slot (`tat`), which processes reserve in blocks, and the fleet-wide pause after a 429, numbered by
+    ///   congestion event (`pause_events`) so that every worker slows down once per event.
     static let fleetCoordination = Migration(
         version: 4,
         name: "fleet: shared token and send budget",
@@ -241,7 +242,7 @@ enum Migrations {
                 paused_until timestamptz,
                 reserved bigint NOT NULL DEFAULT 0,
                 reservations bigint NOT NULL DEFAULT 0,
-                pauses bigint NOT NULL DEFAULT 0,
+                pause_events bigint NOT NULL DEFAULT 0,
                 updated_at timestamptz NOT NULL DEFAULT now()
             )
             """,

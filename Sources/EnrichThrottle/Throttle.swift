@@ -50,6 +50,8 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
     /// While the budget fails, when to try it again (until then, blocks at this worker's share).
     private var budgetRetryAt: C.Instant?
     private var lastPauseCheck: C.Instant?
+    /// The fleet's congestion events this worker has slowed down for (nil: none seen yet).
+    private var seenPauseEvents: Int64?
 
     /// - Parameter budget: the fleet's shared budget; nil for a process on its own.
     public init(configuration: Configuration = .init(), clock: C, logger: Logger, budget: (any SharedSendBudget)? = nil)
@@ -81,9 +83,10 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
                 lastPauseCheck = now
                 consultingBudget = true
                 do {
-                    let pause = try await budget.pausedFor()
+                    let pause = try await budget.pause()
                     budgetRetryAt = nil
-                    if pause > .zero { extendPause(until: clock.now.advanced(by: pause)) }
+                    observeFleet(events: pause.events)
+                    if pause.pausedFor > .zero { extendPause(until: clock.now.advanced(by: pause.pausedFor)) }
                 } catch {
                     budgetRetryAt = clock.now.advanced(by: .seconds(1))
                 }
@@ -158,6 +161,7 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
             let now = clock.now
             block = (now.advanced(by: reservation.startsIn), interval, count)
             fleetSize = max(1, reservation.liveWorkers)
+            observeFleet(events: reservation.pauseEvents)
             if reservation.pausedFor > .zero { extendPause(until: now.advanced(by: reservation.pausedFor)) }
             budgetRetryAt = nil
             if budgetFailing {
@@ -174,6 +178,20 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
             }
             budgetRetryAt = clock.now.advanced(by: .seconds(1))
             block = (localStart, interval * fleetSize, count)
+        }
+    }
+
+    /// Slows down once for each congestion event of the fleet that this worker did not meet itself, so that
+    /// the fleet as a whole slows down once per event, by the controller's factor.
+    private func observeFleet(events: Int64) {
+        defer { seenPauseEvents = max(seenPauseEvents ?? events, events) }
+        guard let seen = seenPauseEvents, events > seen else { return }
+        let now = clock.now
+        if controller.recordThrottled(sentAt: now, now: now) {
+            logger.notice(
+                "another worker of the fleet met a 429: slowing down with it",
+                metadata: ["rate": "\(controller.rate.map { "\(Int($0.rounded()))/s" } ?? "unlimited")"]
+            )
         }
     }
 
@@ -211,7 +229,10 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
         extendPause(until: until)
         if let budget, extended {
             block = nil  // slots reserved for the paused time are not used
-            try? await budget.pause(for: pause)
+            // This worker's own cut stands for the event: note it as seen.
+            if let events = try? await budget.pause(for: pause) {
+                seenPauseEvents = max(seenPauseEvents ?? events, events)
+            }
         }
         if newEvent {
             logger.notice(

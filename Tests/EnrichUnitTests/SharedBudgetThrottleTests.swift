@@ -16,6 +16,7 @@ struct SharedBudgetThrottleTests {
             var pausedUntil: ManualClock.Instant?
             var failing = false
             var reservations = 0
+            var events: Int64 = 0
         }
 
         private let clock: ManualClock
@@ -39,18 +40,33 @@ struct SharedBudgetThrottleTests {
                 state.tat = start.advanced(by: .seconds(Double(count) / rate))
                 state.reservations += 1
                 let paused = state.pausedUntil.map { max(now.duration(to: $0), .zero) } ?? .zero
-                return SharedReservation(startsIn: now.duration(to: start), pausedFor: paused, liveWorkers: liveWorkers)
+                return SharedReservation(
+                    startsIn: now.duration(to: start),
+                    pausedFor: paused,
+                    liveWorkers: liveWorkers,
+                    pauseEvents: state.events
+                )
             }
         }
 
-        func pause(for duration: Duration) async throws {
-            let until = clock.now.advanced(by: duration)
-            state.withLock { $0.pausedUntil = max($0.pausedUntil ?? until, until) }
+        func pause(for duration: Duration) async throws -> Int64 {
+            let now = clock.now
+            let until = now.advanced(by: duration)
+            return state.withLock { state in
+                if (state.pausedUntil ?? now) <= now { state.events += 1 }
+                state.pausedUntil = max(state.pausedUntil ?? until, until)
+                return state.events
+            }
         }
 
-        func pausedFor() async throws -> Duration {
+        func pause() async throws -> SharedPause {
             let now = clock.now
-            return state.withLock { $0.pausedUntil.map { max(now.duration(to: $0), .zero) } ?? .zero }
+            return state.withLock {
+                SharedPause(
+                    pausedFor: $0.pausedUntil.map { max(now.duration(to: $0), .zero) } ?? .zero,
+                    events: $0.events
+                )
+            }
         }
     }
 
@@ -124,9 +140,32 @@ struct SharedBudgetThrottleTests {
         let second = Self.throttle(clock, budget, rate: nil)
         let sentAt = try await first.acquire()
         await first.throttled(sentAt: sentAt, retryAfter: .seconds(3))
-        #expect(try await budget.pausedFor() == .seconds(3))
+        #expect(try await budget.pause() == SharedPause(pausedFor: .seconds(3), events: 1))
         let sent = await Self.acquire(1, from: [second], clock: clock)
         #expect(sent.allSatisfy { $0 >= Instant(offset: .seconds(3)) }, "\(sent)")
+    }
+
+    @Test("a congestion event met by one worker slows the others once, however many 429s it took")
+    func oneCutPerFleetEvent() async throws {
+        let clock = ManualClock()
+        let budget = MemoryBudget(clock: clock, liveWorkers: 2)
+        let first = Self.throttle(clock, budget, rate: 100)
+        let second = Self.throttle(clock, budget, rate: 100)
+        _ = await Self.acquire(50, from: [first, second], clock: clock)
+        // The first worker meets five 429s of one event; the second none.
+        let sentAt = clock.now
+        for _ in 0..<5 { await first.throttled(sentAt: sentAt, retryAfter: .milliseconds(500)) }
+        #expect(try await budget.pause().events == 1)
+        let firstRate = try #require(await first.currentRate())
+        _ = await Self.acquire(1, from: [second], clock: clock)
+        let secondRate = try #require(await second.currentRate())
+        #expect(firstRate < 100 && secondRate < 100, "both slowed down: \(firstRate), \(secondRate)")
+        #expect(secondRate >= 100 * 0.5, "once, not once per 429: \(secondRate)")
+        // Nothing new: no further cut.
+        clock.advance(by: .seconds(1))
+        _ = await Self.acquire(2, from: [second], clock: clock)
+        let later = try #require(await second.currentRate())
+        #expect(later >= secondRate, "no second cut without a new event")
     }
 
     @Test("without the budget a worker keeps to its share of the fleet's rate (rate / live workers)")
