@@ -359,6 +359,33 @@ struct FleetTests {
         }
     }
 
+    @Test("--solo: a process on its own token and throttle; the fleet's rows are not created")
+    func soloOptOut() async throws {
+        try await TestDatabase.withFreshSchema { database in
+            try await WorkerHarness.enqueue(WorkerHarness.pairs(50), into: database)
+            try await NymbleSimulator.withRunning(logger: quietLogger) { simulator, baseURL in
+                let schema = database.configuration.schema
+                let environment = FailurePathTests.environment(
+                    url: try TestDatabase.url(),
+                    schema: schema,
+                    baseURL: baseURL
+                )
+                let child = try EnrichProcess.start(["run", "--solo", "--progress", "off"], environment: environment)
+                #expect(try await child.wait(timeout: .seconds(60)) == 0, "\(child.standardError.suffix(2_000))")
+                #expect(simulator.stats().logins == 1)
+                let rows = try await database.query(
+                    "count the fleet's rows",
+                    """
+                    SELECT (SELECT count(*) FROM \(unescaped: "\"\(schema)\"").api_credentials)
+                        + (SELECT count(*) FROM \(unescaped: "\"\(schema)\"").api_limiter)
+                    """
+                )
+                #expect(try rows.first?.decode(Int64.self) == 0, "a solo run shares nothing")
+                WorkerHarness.expectAllSettled(try await WorkerHarness.rows(database), expectedCount: 50)
+            }
+        }
+    }
+
     /// `enrich status --json`'s fleet section; the output never holds a token.
     static func status(_ environment: [String: String]) async throws -> FleetStatus {
         let status = try EnrichProcess.start(["status", "--json"], environment: environment)
