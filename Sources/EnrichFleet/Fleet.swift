@@ -76,6 +76,10 @@ public struct PostgresSendBudget: SharedSendBudget {
         try await limiter.pause(for: duration, timeout: timeout)
     }
 
+    public func listenForPauses(_ onPause: @escaping @Sendable (SharedPause) -> Void) async throws {
+        try await limiter.listenForPauses { onPause(SharedPause(pausedFor: $0.pausedFor, events: $0.events)) }
+    }
+
     public func pause() async throws -> SharedPause {
         let pause = try await limiter.pause(timeout: timeout)
         return SharedPause(pausedFor: pause.pausedFor, events: pause.events)

@@ -83,19 +83,46 @@ public struct FleetLimiter: Sendable {
         let rows = try await database.query(
             "pause the fleet",
             """
-            UPDATE \(unescaped: database.schema).api_limiter SET
-                paused_until = greatest(coalesce(paused_until, now()), now() + make_interval(secs => \(duration.inSeconds))),
-                pause_events = pause_events + CASE WHEN coalesce(paused_until, now()) <= now() THEN 1 ELSE 0 END,
-                updated_at = now()
-            WHERE key = \(key)
-            RETURNING pause_events
+            WITH paused AS (
+                UPDATE \(unescaped: database.schema).api_limiter SET
+                    paused_until = greatest(coalesce(paused_until, now()),
+                                            now() + make_interval(secs => \(duration.inSeconds))),
+                    pause_events = pause_events
+                        + CASE WHEN coalesce(paused_until, now()) <= now() THEN 1 ELSE 0 END,
+                    updated_at = now()
+                WHERE key = \(key)
+                RETURNING pause_events, EXTRACT(EPOCH FROM paused_until - now())::float8 AS seconds
+            )
+            SELECT pause_events, pg_notify(\(pauseChannel), \(key) || ' ' || pause_events || ' ' || seconds) IS NULL
+            FROM paused
             """,
             timeout: timeout
         )
-        guard let events = try rows.first?.decode(Int64.self) else {
+        guard let row = rows.first else {
             throw DatabaseError(.queryFailed, "the shared send budget row \(key) is missing")
         }
-        return events
+        return try row.decode((Int64, Bool).self).0
+    }
+
+    /// The channel on which ``pause(for:timeout:)`` announces a pause to the fleet at once.
+    public var pauseChannel: String { "enrich_fleet_" + database.configuration.schema }
+
+    /// Calls `onPause` for every pause of this API announced by a worker of the fleet, until the task is
+    /// cancelled. Holds one pooled connection for as long as it listens.
+    public func listenForPauses(_ onPause: @Sendable (Pause) -> Void) async throws {
+        let (channel, key) = (pauseChannel, key)
+        try await database.client.withConnection { connection in
+            try await connection.listen(on: channel) { notifications in
+                for try await notification in notifications {
+                    // "<key> <events> <seconds>"; the key (a URL) holds no space.
+                    let words = notification.payload.split(separator: " ")
+                    guard words.count == 3, words[0] == key, let events = Int64(words[1]),
+                        let seconds = Double(words[2])
+                    else { continue }
+                    onPause(Pause(pausedFor: .seconds(max(seconds, 0)), events: events))
+                }
+            }
+        }
     }
 
     /// The fleet-wide pause still in force (zero when none) and the congestion events so far.

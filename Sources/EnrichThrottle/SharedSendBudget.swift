@@ -9,6 +9,8 @@ public protocol SharedSendBudget: Sendable {
     func pause(for duration: Duration) async throws -> Int64
     /// The fleet-wide pause still in force and the fleet's congestion events so far.
     func pause() async throws -> SharedPause
+    /// Calls `onPause` for every pause a worker of the fleet announces, as it happens, until cancelled.
+    func listenForPauses(_ onPause: @escaping @Sendable (SharedPause) -> Void) async throws
 }
 
 /// The fleet-wide pause as one worker reads it.

@@ -181,6 +181,18 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
         }
     }
 
+    /// A worker of the fleet announced a pause (LISTEN/NOTIFY): hold every call until it ends, and slow down
+    /// once if it is a new congestion event.
+    public func fleetPaused(_ pause: SharedPause) {
+        observeFleet(events: pause.events)
+        guard pause.pausedFor > .zero else { return }
+        let until = clock.now.advanced(by: pause.pausedFor)
+        if pausedUntil.map({ until > $0 }) ?? true {
+            pausedUntil = until
+            block = nil  // slots reserved for the paused time are not used
+        }
+    }
+
     /// Slows down once for each congestion event of the fleet that this worker did not meet itself, so that
     /// the fleet as a whole slows down once per event, by the controller's factor.
     private func observeFleet(events: Int64) {

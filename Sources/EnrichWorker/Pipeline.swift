@@ -130,6 +130,7 @@ struct Pipeline<C: Clock>: Sendable where C.Duration == Duration {
                         services.addTask { await keep("lease keeper") { try await LeaseKeeper(parts: self).run() } }
                         services.addTask { await watchForShutdown() }
                         if configuration.follow { services.addTask { await listen() } }
+                        if let budget = pipeline.sendBudget { services.addTask { await listenForFleetPauses(budget) } }
                         if pipeline.onProgress != nil { services.addTask { await reportProgress() } }
                         await withTaskGroup(of: Void.self) { work in
                             work.addTask { await keep("claimer") { try await rows.runClaimer() } }
@@ -214,7 +215,9 @@ struct Pipeline<C: Clock>: Sendable where C.Duration == Duration {
             } catch is CancellationError {
                 return false  // cut short at the stop deadline
             } catch {
-                stop(fatal: error)
+                // A write that fails once the run is stopping (its statements bounded by the stop deadline)
+                // does not change why it stopped: the last flush logs what stays unwritten.
+                if control.stopDeadline == nil { stop(fatal: error) }
                 return true
             }
         }
@@ -259,6 +262,30 @@ struct Pipeline<C: Clock>: Sendable where C.Duration == Duration {
                     )
                     try? await clock.sleep(for: configuration.pollInterval)
                 }
+            }
+        }
+
+        /// In a fleet: applies the pauses other workers announce at once (LISTEN/NOTIFY); listens again after
+        /// a failure (the throttle's own reads of the pause cover the gap).
+        private func listenForFleetPauses(_ budget: any SharedSendBudget) async {
+            let (pauses, announce) = AsyncStream.makeStream(of: SharedPause.self, bufferingPolicy: .bufferingNewest(16))
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    for await pause in pauses { await throttle.fleetPaused(pause) }
+                }
+                while !Task.isCancelled {
+                    do {
+                        try await budget.listenForPauses { announce.yield($0) }
+                    } catch {
+                        if Task.isCancelled { break }
+                        logger.warning(
+                            "LISTEN for the fleet's pauses failed; reading the pause every quarter second until it works",
+                            metadata: ["error": "\(error)"]
+                        )
+                    }
+                    try? await clock.sleep(for: configuration.pollInterval)
+                }
+                announce.finish()
             }
         }
 

@@ -59,6 +59,10 @@ struct SharedBudgetThrottleTests {
             }
         }
 
+        func listenForPauses(_ onPause: @escaping @Sendable (SharedPause) -> Void) async throws {
+            try await clock.sleep(for: .seconds(86_400))
+        }
+
         func pause() async throws -> SharedPause {
             let now = clock.now
             return state.withLock {
@@ -166,6 +170,23 @@ struct SharedBudgetThrottleTests {
         _ = await Self.acquire(2, from: [second], clock: clock)
         let later = try #require(await second.currentRate())
         #expect(later >= secondRate, "no second cut without a new event")
+    }
+
+    @Test("a pause announced by the fleet (NOTIFY) holds every call until it ends and slows down once")
+    func announcedPause() async throws {
+        let clock = ManualClock()
+        let budget = MemoryBudget(clock: clock)
+        let throttle = Self.throttle(clock, budget, rate: 100)
+        _ = await Self.acquire(20, from: [throttle], clock: clock)
+        let before = try #require(await throttle.currentRate())
+        await throttle.fleetPaused(SharedPause(pausedFor: .seconds(2), events: 1))
+        let pausedAt = clock.now
+        let sent = await Self.acquire(3, from: [throttle], clock: clock)
+        #expect(sent.allSatisfy { $0 >= pausedAt.advanced(by: .seconds(2)) }, "\(sent)")
+        let after = try #require(await throttle.currentRate())
+        #expect(after < before, "slowed down for the new event: \(before) → \(after)")
+        await throttle.fleetPaused(SharedPause(pausedFor: .zero, events: 1))
+        #expect(try #require(await throttle.currentRate()) == after, "the same event twice: one cut")
     }
 
     @Test("without the budget a worker keeps to its share of the fleet's rate (rate / live workers)")
