@@ -75,9 +75,7 @@ public struct JobRunner: Sendable {
         let tokens: any TokenProvider
         var sendBudget: (any SharedSendBudget)?
         if plan.fleet {
-            let baseURL =
-                plan.client.baseURL.hasSuffix("/") ? String(plan.client.baseURL.dropLast()) : plan.client.baseURL
-            let fleet = Fleet(database: database, baseURL: baseURL, credentials: credentials)
+            let fleet = Fleet(database: database, baseURL: plan.client.normalizedBaseURL, credentials: credentials)
             try await fleet.prepare()
             tokens = fleet.tokens(
                 configuration: plan.token,

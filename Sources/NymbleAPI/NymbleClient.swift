@@ -11,6 +11,8 @@ import NIOSSL
 public struct NymbleClientConfiguration: Sendable {
     /// The API's base URL. Default: the vendor's production host.
     public var baseURL: String
+    /// ``baseURL`` without a trailing slash: what paths are appended to, and what names the API elsewhere.
+    public var normalizedBaseURL: String { baseURL.hasSuffix("/") ? String(baseURL.dropLast()) : baseURL }
     /// Upper bound of HTTP/1.1 connections to the API host; size it to the worker concurrency.
     public var maximumConnections: Int
     /// Time to establish a connection (TCP + TLS).
@@ -86,8 +88,7 @@ public struct NymbleClient: Sendable {
         self.http = http
         self.loginHTTP = loginHTTP
         self.logger = logger
-        let base =
-            configuration.baseURL.hasSuffix("/") ? String(configuration.baseURL.dropLast()) : configuration.baseURL
+        let base = configuration.normalizedBaseURL
         self.loginURL = base + "/api/auth/login"
         self.accessURL = base + "/api/auth/access"
     }
