@@ -1,3 +1,4 @@
+import EnrichCore
 import EnrichQueue
 import EnrichThrottle
 import EnrichToken
@@ -63,13 +64,7 @@ public struct PostgresSendBudget: SharedSendBudget {
     public init(limiter: FleetLimiter) { self.limiter = limiter }
 
     public func reserve(count: Int, rate: Double) async throws -> SharedReservation {
-        let reservation = try await limiter.reserve(count: count, rate: rate, timeout: timeout)
-        return SharedReservation(
-            startsIn: reservation.startsIn,
-            pausedFor: reservation.pausedFor,
-            liveWorkers: reservation.liveRuns,
-            pauseEvents: reservation.pauseEvents
-        )
+        try await limiter.reserve(count: count, rate: rate, timeout: timeout)
     }
 
     public func pause(for duration: Duration) async throws -> Int64 {
@@ -77,11 +72,8 @@ public struct PostgresSendBudget: SharedSendBudget {
     }
 
     public func listenForPauses(_ onPause: @escaping @Sendable (SharedPause) -> Void) async throws {
-        try await limiter.listenForPauses { onPause(SharedPause(pausedFor: $0.pausedFor, events: $0.events)) }
+        try await limiter.listenForPauses(onPause)
     }
 
-    public func pause() async throws -> SharedPause {
-        let pause = try await limiter.pause(timeout: timeout)
-        return SharedPause(pausedFor: pause.pausedFor, events: pause.events)
-    }
+    public func pause() async throws -> SharedPause { try await limiter.pause(timeout: timeout) }
 }

@@ -1,3 +1,4 @@
+import EnrichCore
 import PostgresNIO
 
 /// The send budget every worker of a schema shares for one API (a row of `api_limiter`), GCRA-style: the
@@ -15,23 +16,6 @@ public struct FleetLimiter: Sendable {
         self.key = key
     }
 
-    /// A block of send slots: the first starts `startsIn` from now, the rest follow at the rate.
-    public struct Reservation: Sendable, Equatable {
-        public var startsIn: Duration
-        /// The fleet-wide pause still in force (zero when none).
-        public var pausedFor: Duration
-        /// Runs of the schema alive now (this one included): the share to fall back to without the database.
-        public var liveRuns: Int
-        /// Congestion events so far (pauses set while none was in force).
-        public var pauseEvents: Int64
-    }
-
-    /// The fleet-wide pause: how long it still holds, and the congestion events so far.
-    public struct Pause: Sendable, Equatable {
-        public var pausedFor: Duration
-        public var events: Int64
-    }
-
     /// Creates the row when it does not exist yet.
     public func prepare() async throws {
         try await database.query(
@@ -46,7 +30,7 @@ public struct FleetLimiter: Sendable {
     /// Reserves `count` consecutive send slots at `rate` per second for the whole fleet, after any pause. A
     /// free slot may lag one interval behind now (the tolerance of GCRA), so that the time a process takes
     /// to come back for its next block is not lost to the fleet; idle time never banks a burst beyond that.
-    public func reserve(count: Int, rate: Double, timeout: Duration? = nil) async throws -> Reservation {
+    public func reserve(count: Int, rate: Double, timeout: Duration? = nil) async throws -> SharedReservation {
         let span = Double(count) / rate
         let rows = try await database.query(
             "reserve send slots",
@@ -68,10 +52,10 @@ public struct FleetLimiter: Sendable {
             throw DatabaseError(.queryFailed, "the shared send budget row \(key) is missing")
         }
         let (startsIn, pausedFor, liveRuns, events) = try row.decode((Double, Double, Int32, Int64).self)
-        return Reservation(
+        return SharedReservation(
             startsIn: .seconds(startsIn),
             pausedFor: .seconds(pausedFor),
-            liveRuns: Int(liveRuns),
+            liveWorkers: Int(liveRuns),
             pauseEvents: events
         )
     }
@@ -109,7 +93,7 @@ public struct FleetLimiter: Sendable {
 
     /// Calls `onPause` for every pause of this API announced by a worker of the fleet, until the task is
     /// cancelled. Holds one pooled connection for as long as it listens.
-    public func listenForPauses(_ onPause: @Sendable (Pause) -> Void) async throws {
+    public func listenForPauses(_ onPause: @Sendable (SharedPause) -> Void) async throws {
         let (channel, key) = (pauseChannel, key)
         try await database.client.withConnection { connection in
             try await connection.listen(on: channel) { notifications in
@@ -119,14 +103,14 @@ public struct FleetLimiter: Sendable {
                     guard words.count == 3, words[0] == key, let events = Int64(words[1]),
                         let seconds = Double(words[2])
                     else { continue }
-                    onPause(Pause(pausedFor: .seconds(max(seconds, 0)), events: events))
+                    onPause(SharedPause(pausedFor: .seconds(max(seconds, 0)), events: events))
                 }
             }
         }
     }
 
     /// The fleet-wide pause still in force (zero when none) and the congestion events so far.
-    public func pause(timeout: Duration? = nil) async throws -> Pause {
+    public func pause(timeout: Duration? = nil) async throws -> SharedPause {
         let rows = try await database.query(
             "read the fleet pause",
             """
@@ -139,6 +123,6 @@ public struct FleetLimiter: Sendable {
             throw DatabaseError(.queryFailed, "the shared send budget row \(key) is missing")
         }
         let (paused, events) = try row.decode((Double, Int64).self)
-        return Pause(pausedFor: .seconds(paused), events: events)
+        return SharedPause(pausedFor: .seconds(paused), events: events)
     }
 }

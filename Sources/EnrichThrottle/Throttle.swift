@@ -1,3 +1,4 @@
+import EnrichCore
 import Logging
 
 /// The one throttle a process shares across all its concurrent callers.

@@ -1,3 +1,4 @@
+import EnrichCore
 import EnrichQueue
 import EnrichThrottle
 import EnrichToken

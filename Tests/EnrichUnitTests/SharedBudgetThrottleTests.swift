@@ -1,3 +1,4 @@
+import EnrichCore
 import EnrichThrottle
 import Logging
 import Synchronization
