@@ -249,44 +249,43 @@ struct Pipeline<C: Clock>: Sendable where C.Duration == Duration {
             rows.stop()
         }
 
-        /// Follow mode: wakes the claimer on every NOTIFY; listens again after a failure (polling covers the gap).
+        /// Follow mode: wakes the claimer on every NOTIFY (polling covers a lost LISTEN).
         private func listen() async {
             let demand = rows.demand
-            while !Task.isCancelled {
-                do {
-                    try await pipeline.store.listenForNewWork { demand.fire() }
-                } catch {
-                    if Task.isCancelled { return }
-                    logger.warning(
-                        "LISTEN for new work failed; polling until it works again",
-                        metadata: ["error": "\(error)", "poll_interval": "\(configuration.pollInterval)"]
-                    )
-                    try? await clock.sleep(for: configuration.pollInterval)
-                }
+            await keepListening(failure: "LISTEN for new work failed; polling until it works again") {
+                try await pipeline.store.listenForNewWork { demand.fire() }
             }
         }
 
-        /// In a fleet: applies the pauses other workers announce at once (LISTEN/NOTIFY); listens again after
-        /// a failure (the throttle's own reads of the pause cover the gap).
+        /// In a fleet: applies the pauses other workers announce at once (LISTEN/NOTIFY; the throttle's own
+        /// reads of the pause cover a lost LISTEN).
         private func listenForFleetPauses(_ budget: any SharedSendBudget) async {
             let (pauses, announce) = AsyncStream.makeStream(of: SharedPause.self, bufferingPolicy: .bufferingNewest(16))
             await withTaskGroup(of: Void.self) { group in
                 group.addTask {
                     for await pause in pauses { await throttle.fleetPaused(pause) }
                 }
-                while !Task.isCancelled {
-                    do {
-                        try await budget.listenForPauses { announce.yield($0) }
-                    } catch {
-                        if Task.isCancelled { break }
-                        logger.warning(
-                            "LISTEN for the fleet's pauses failed; reading the pause every quarter second until it works",
-                            metadata: ["error": "\(error)"]
-                        )
-                    }
-                    try? await clock.sleep(for: configuration.pollInterval)
-                }
+                await keepListening(
+                    failure:
+                        "LISTEN for the fleet's pauses failed; reading the pause every quarter second until it works"
+                ) { try await budget.listenForPauses { announce.yield($0) } }
                 announce.finish()
+            }
+        }
+
+        /// Runs `listen` until cancelled, again one poll interval after it fails (logged) or ends.
+        private func keepListening(failure: String, _ listen: () async throws -> Void) async {
+            while !Task.isCancelled {
+                do {
+                    try await listen()
+                } catch {
+                    if Task.isCancelled { return }
+                    logger.warning(
+                        "\(failure)",
+                        metadata: ["error": "\(error)", "poll_interval": "\(configuration.pollInterval)"]
+                    )
+                }
+                try? await clock.sleep(for: configuration.pollInterval)
             }
         }
 
