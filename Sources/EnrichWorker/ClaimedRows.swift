@@ -9,10 +9,10 @@ import Synchronization
 /// most the claim batch; ``ClaimSizer``) and claims again when half of that is left, so a worker task almost
 /// never waits for the database, memory stays flat however long the queue is, and a worker that dies
 /// leaves few rows behind: rows held in all (claimed, calling, or waiting for the writer) stay under that
-/// target plus the concurrency plus one write batch. The sequence ends when the run stops, or, in drain mode, when the queue is
-/// settled: every row handed out is written back (``RowLedger``), nothing is pending (rows waiting for a
-/// retry are waited for) and nothing is running under another live run (a dead run's rows are taken over
-/// at once). In follow mode it waits for new work instead.
+/// target plus the concurrency plus one write batch. The sequence ends when the run stops, or, in drain
+/// mode, when the queue is settled: every row handed out is written back (``RowLedger``), nothing is pending
+/// (rows waiting for a retry are waited for) and nothing is running under another live run (a dead run's
+/// rows are taken over at once). In follow mode it waits for new work instead.
 final class ClaimedRows<C: Clock>: AsyncSequence, Sendable where C.Duration == Duration {
     typealias Element = LeasedItem
 
@@ -91,9 +91,7 @@ final class ClaimedRows<C: Clock>: AsyncSequence, Sendable where C.Duration == D
         let now = clock.now
         let step = state.withLock { state -> NextStep in
             if state.stopped || Task.isCancelled { return .end }
-            if let item = state.popFirst() {
-                state.sizer.recordStarted(1, at: now)
-                ledger.handedOut(1)
+            if let item = handOut(from: &state, now: now) {
                 return .row(item, refill: state.buffered < state.sizer.lowWatermark(at: now))
             }
             if state.exhausted { return .end }
@@ -114,11 +112,7 @@ final class ClaimedRows<C: Clock>: AsyncSequence, Sendable where C.Duration == D
                     let now = clock.now
                     let answer = state.withLock { state -> LeasedItem?? in
                         if state.stopped || state.exhausted || Task.isCancelled { return .some(nil) }
-                        if let item = state.popFirst() {
-                            state.sizer.recordStarted(1, at: now)
-                            ledger.handedOut(1)
-                            return .some(item)
-                        }
+                        if let item = handOut(from: &state, now: now) { return .some(item) }
                         state.consumers.append((id, continuation))
                         return nil
                     }
@@ -133,6 +127,15 @@ final class ClaimedRows<C: Clock>: AsyncSequence, Sendable where C.Duration == D
             }
             return item
         }
+    }
+
+    /// Takes the next buffered row for a worker task, counting it started (claim sizing) and handed out
+    /// (``RowLedger``) under the rows' lock.
+    private func handOut(from state: inout State, now: C.Instant) -> LeasedItem? {
+        guard let item = state.popFirst() else { return nil }
+        state.sizer.recordStarted(1, at: now)
+        ledger.handedOut(1)
+        return item
     }
 
     /// Ends the sequence: the consumers get nil. Rows still buffered stay for ``takeUnstarted()``.
@@ -259,8 +262,9 @@ private enum NextStep {
 
 /// Rows handed to worker tasks (counted under the rows' lock as they leave the buffer, so a row is always
 /// either buffered or outstanding) and rows whose result is written: the claimer ends a drain only when the
-/// two agree, and holds back claims while too many results wait to be written. Shared by the rows (handed out) and the writer (settled), so neither refers to the other; a
-/// settlement wakes the claimer, which may be waiting for the last results to end the drain.
+/// two agree, and holds back claims while too many results wait to be written. Shared by the rows (handed
+/// out) and the writer (settled), so neither refers to the other; a settlement wakes the claimer, which may
+/// be waiting for the last results to end the drain.
 final class RowLedger: Sendable {
     private let counts = Mutex((handedOut: 0, settled: 0))
     /// The claimer's wake-up.
