@@ -216,9 +216,7 @@ struct Pipeline<C: Clock>: Sendable where C.Duration == Duration {
             } catch is CancellationError {
                 return false  // cut short at the stop deadline
             } catch {
-                // A write that fails once the run is stopping (its statements bounded by the stop deadline)
-                // does not change why it stopped: the last flush logs what stays unwritten.
-                if control.stopDeadline == nil { stop(fatal: error) }
+                stop(fatal: error)
                 return true
             }
         }
@@ -349,8 +347,11 @@ struct Pipeline<C: Clock>: Sendable where C.Duration == Duration {
         }
 
         func stop(fatal error: any Error) {
-            if control.fatalError == nil { logger.error("run stopping: \(error)") }
-            control.fail(error)
+            if control.fail(error) {
+                logger.error("run stopping: \(error)")
+            } else {
+                logger.warning("error while stopping (it does not change why the run stops): \(error)")
+            }
             rows.stop()
         }
     }

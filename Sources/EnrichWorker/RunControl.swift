@@ -23,13 +23,18 @@ final class RunControl<C: Clock>: Sendable where C.Duration == Duration {
         self.clock = clock
     }
 
-    /// Records the first fatal error (later ones are consequences of it) and begins the stop.
-    func fail(_ error: any Error) {
-        let waiters = state.withLock {
-            if $0.fatal == nil { $0.fatal = error }
-            return beginStop(&$0)
+    /// Records the first fatal error and begins the stop; returns whether `error` is why the run stops. A
+    /// later error is a consequence of the first, and one after a requested stop (SIGTERM) a consequence of
+    /// stopping (statements are then bounded by the stop deadline): the run stays interrupted.
+    @discardableResult
+    func fail(_ error: any Error) -> Bool {
+        let (recorded, waiters) = state.withLock { state in
+            let recorded = state.fatal == nil && !state.interrupted
+            if recorded { state.fatal = error }
+            return (recorded, beginStop(&state))
         }
         for waiter in waiters { waiter.resume() }
+        return recorded
     }
 
     /// A stop was requested (SIGINT/SIGTERM; the run's own end of work is not one).

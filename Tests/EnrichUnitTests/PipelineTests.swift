@@ -131,6 +131,40 @@ struct PipelineTests {
         #expect(done < 40)
     }
 
+    @Test("a write that fails after SIGTERM does not turn the interrupted run into a failed one")
+    func failureWhileStoppingStaysInterrupted() async throws {
+        let clock = ManualClock()
+        let stopping = Locked(false)
+        let store = MemoryRunStore(pairs: Self.pairs(40)) { _ in
+            if stopping.withLock({ $0 }) { throw DatabaseError(.timedOut, "gave no answer within 0 s") }
+        }
+        let api = Self.api(clock: clock, latency: .seconds(1))
+        let report = await testGracefulShutdown { trigger in
+            await withTaskGroup(of: RunReport?.self) { group in
+                group.addTask {
+                    await Self.run(
+                        store: store,
+                        api: api,
+                        clock: clock,
+                        configuration: Self.configuration { $0.shutdownGrace = .seconds(2) }
+                    )
+                }
+                group.addTask {
+                    while api.called.count < 8 { await Task.yield() }
+                    stopping.withLock { $0 = true }
+                    trigger.triggerGracefulShutdown()
+                    return nil
+                }
+                var report: RunReport?
+                for await result in group where result != nil { report = result }
+                return report!
+            }
+        }
+        #expect(report.state == .interrupted, "stopped because asked to, whatever failed while stopping")
+        #expect(report.error == nil)
+        #expect(store.ends.map(\.state) == [.interrupted])
+    }
+
     @Test("a 429 pauses every task for its Retry-After, and the row is retried in place without spending an attempt")
     func rateLimitPausesEveryTask() async {
         let clock = ManualClock()
