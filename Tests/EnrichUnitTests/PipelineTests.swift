@@ -80,6 +80,41 @@ struct PipelineTests {
         }
     }
 
+    /// Runs a pipeline (as ``run(store:api:clock:configuration:login:onStopDeadline:)``) and sends it
+    /// SIGTERM once `calls` calls have been made, after `beforeShutdown`.
+    static func runStopped(
+        after calls: Int,
+        store: MemoryRunStore,
+        api: ScriptedAPI,
+        clock: ManualClock,
+        configuration: WorkerConfiguration,
+        onStopDeadline: (@Sendable (StuckStop) -> Void)? = nil,
+        beforeShutdown: @escaping @Sendable () -> Void = {}
+    ) async -> RunReport {
+        await testGracefulShutdown { trigger in
+            await withTaskGroup(of: RunReport?.self) { group in
+                group.addTask {
+                    await run(
+                        store: store,
+                        api: api,
+                        clock: clock,
+                        configuration: configuration,
+                        onStopDeadline: onStopDeadline
+                    )
+                }
+                group.addTask {
+                    while api.called.count < calls { await Task.yield() }
+                    beforeShutdown()
+                    trigger.triggerGracefulShutdown()
+                    return nil
+                }
+                var report: RunReport?
+                for await result in group where result != nil { report = result }
+                return report!
+            }
+        }
+    }
+
     @Test("a drain writes every row once with its context, and the accounting matches the store")
     func drain() async {
         let clock = ManualClock()
@@ -102,26 +137,13 @@ struct PipelineTests {
         let clock = ManualClock()
         let store = MemoryRunStore(pairs: Self.pairs(40))
         let api = Self.api(clock: clock, latency: .seconds(1))
-        let report = await testGracefulShutdown { trigger in
-            await withTaskGroup(of: RunReport?.self) { group in
-                group.addTask {
-                    await Self.run(
-                        store: store,
-                        api: api,
-                        clock: clock,
-                        configuration: Self.configuration { $0.shutdownGrace = .seconds(2) }
-                    )
-                }
-                group.addTask {
-                    while api.called.count < 8 { await Task.yield() }
-                    trigger.triggerGracefulShutdown()
-                    return nil
-                }
-                var report: RunReport?
-                for await result in group where result != nil { report = result }
-                return report!
-            }
-        }
+        let report = await Self.runStopped(
+            after: 8,
+            store: store,
+            api: api,
+            clock: clock,
+            configuration: Self.configuration { $0.shutdownGrace = .seconds(2) }
+        )
         #expect(report.state == .interrupted)
         let rows = store.rows
         let done = rows.filter { $0.state == .done }.count
@@ -139,27 +161,14 @@ struct PipelineTests {
             if stopping.withLock({ $0 }) { throw DatabaseError(.timedOut, "gave no answer within 0 s") }
         }
         let api = Self.api(clock: clock, latency: .seconds(1))
-        let report = await testGracefulShutdown { trigger in
-            await withTaskGroup(of: RunReport?.self) { group in
-                group.addTask {
-                    await Self.run(
-                        store: store,
-                        api: api,
-                        clock: clock,
-                        configuration: Self.configuration { $0.shutdownGrace = .seconds(2) }
-                    )
-                }
-                group.addTask {
-                    while api.called.count < 8 { await Task.yield() }
-                    stopping.withLock { $0 = true }
-                    trigger.triggerGracefulShutdown()
-                    return nil
-                }
-                var report: RunReport?
-                for await result in group where result != nil { report = result }
-                return report!
-            }
-        }
+        let report = await Self.runStopped(
+            after: 8,
+            store: store,
+            api: api,
+            clock: clock,
+            configuration: Self.configuration { $0.shutdownGrace = .seconds(2) },
+            beforeShutdown: { stopping.withLock { $0 = true } }
+        )
         #expect(report.state == .interrupted, "stopped because asked to, whatever failed while stopping")
         #expect(report.error == nil)
         #expect(store.ends.map(\.state) == [.interrupted])
@@ -262,27 +271,14 @@ struct PipelineTests {
         }
         let api = Self.api(clock: clock)
         let stuck = Locked<StuckStop?>(nil)
-        let report = await testGracefulShutdown { trigger in
-            await withTaskGroup(of: RunReport?.self) { group in
-                group.addTask {
-                    await Self.run(
-                        store: store,
-                        api: api,
-                        clock: clock,
-                        configuration: Self.configuration { $0.shutdownGrace = .seconds(2) },
-                        onStopDeadline: { stop in stuck.withLock { $0 = stop } }
-                    )
-                }
-                group.addTask {
-                    while api.called.count < 20 { await Task.yield() }
-                    trigger.triggerGracefulShutdown()
-                    return nil
-                }
-                var report: RunReport?
-                for await result in group where result != nil { report = result }
-                return report!
-            }
-        }
+        let report = await Self.runStopped(
+            after: 20,
+            store: store,
+            api: api,
+            clock: clock,
+            configuration: Self.configuration { $0.shutdownGrace = .seconds(2) },
+            onStopDeadline: { stop in stuck.withLock { $0 = stop } }
+        )
         let deadline = try! #require(stuck.withLock { $0 })
         #expect(deadline.state == .interrupted && deadline.heldRows == 20)
         #expect(deadline.message.contains("did not end within the shutdown grace"))
