@@ -23,6 +23,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/hummingbird-project/swift-mustache", from: "2.1.1"),
         // Tests only: parses docker-compose.yml.
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
@@ -34,7 +35,7 @@ let package = Package(
             name: "EnrichCLI",
             dependencies: [
                 "EnrichCore", "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "EnrichWorker",
-                "NymbleSimulator", "EnrichJobs", "EnrichMetrics", "EnrichSettings",
+                "NymbleSimulator", "EnrichJobs", "EnrichMetrics", "EnrichSettings", "EnrichStatus",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Logging", package: "swift-log"),
@@ -71,7 +72,7 @@ let package = Package(
             name: "EnrichJobs",
             dependencies: [
                 "EnrichCore", "EnrichQueue", "EnrichSettings", "EnrichWorker", "EnrichToken", "NymbleAPI",
-                "EnrichMetrics", "EnrichFleet",
+                "EnrichMetrics", "EnrichFleet", "EnrichStatus",
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -84,6 +85,19 @@ let package = Package(
             dependencies: [
                 "EnrichCore", "EnrichQueue", "EnrichToken", "EnrichThrottle", "NymbleAPI",
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // What `enrich status` and the status page show (`enrich dashboard`, `run --metrics-port`): the
+        // report read from PostgreSQL, and its HTML page with server-drawn SVG charts (Mustache templates).
+        .target(
+            name: "EnrichStatus",
+            dependencies: [
+                "EnrichCore", "EnrichQueue",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Mustache", package: "swift-mustache"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
@@ -153,7 +167,7 @@ let package = Package(
             name: "EnrichUnitTests",
             dependencies: [
                 "EnrichCore", "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "EnrichWorker", "EnrichCLI",
-                "EnrichJobs", "EnrichSettings", "EnrichFleet",
+                "EnrichJobs", "EnrichSettings", "EnrichFleet", "EnrichStatus",
                 .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
@@ -164,6 +178,7 @@ let package = Package(
             dependencies: [
                 "EnrichCore", "EnrichQueue", "NymbleAPI", "EnrichToken", "EnrichThrottle", "EnrichWorker",
                 "NymbleSimulator", "EnrichCLI", "EnrichJobs", "EnrichMetrics", "EnrichSettings", "EnrichFleet",
+                "EnrichStatus",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

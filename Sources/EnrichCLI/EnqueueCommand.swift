@@ -30,6 +30,12 @@ struct EnqueueCommand: AsyncParsableCommand {
     )
     var fromSQL: String?
 
+    @Option(help: ArgumentHelp("OrganizationId of one pair to enqueue (with --user): a quick retry.", valueName: "id"))
+    var org: String?
+
+    @Option(help: ArgumentHelp("UserId of one pair to enqueue (with --org).", valueName: "id"))
+    var user: String?
+
     @Option(
         name: .customLong("max-attempts"),
         help: ArgumentHelp("Attempts each new row gets before it is marked failed (default 5).", valueName: "n")
@@ -40,9 +46,19 @@ struct EnqueueCommand: AsyncParsableCommand {
     var json = false
 
     func validate() throws {
-        if file != nil && fromSQL != nil { throw ValidationError("give either a CSV file or --from-sql, not both") }
-        if file == nil && fromSQL == nil {
-            throw ValidationError("give a CSV file (or - for standard input) or --from-sql")
+        if (org == nil) != (user == nil) { throw ValidationError("give --org and --user together (one pair)") }
+        let sources = [file != nil, fromSQL != nil, org != nil].filter { $0 }.count
+        if sources > 1 { throw ValidationError("give one of: a CSV file, --from-sql, or --org with --user") }
+        if sources == 0 {
+            throw ValidationError("give a CSV file (or - for standard input), --from-sql, or --org with --user")
+        }
+        for (flag, id) in [("--org", org), ("--user", user)] {
+            guard let id else { continue }
+            if id.trimmingCharacters(in: .whitespaces).isEmpty { throw ValidationError("\(flag) is empty") }
+            if id.count > PairCSVReader.maximumIDLength {
+                throw ValidationError("\(flag) is over \(PairCSVReader.maximumIDLength) characters")
+            }
+            if id.contains("\u{0}") { throw ValidationError("\(flag) holds a NUL character") }
         }
         if maxAttempts < 1 { throw ValidationError("--max-attempts must be at least 1") }
     }
@@ -56,6 +72,13 @@ struct EnqueueCommand: AsyncParsableCommand {
                 let queue = Queue(database: db)
                 if let fromSQL {
                     return try await queue.enqueue(fromSQL: fromSQL, maxAttempts: maxAttempts)
+                }
+                if let org, let user {
+                    var pending: [Pair]? = [Pair(organizationId: org, userId: user)]
+                    return try await queue.enqueue(maxAttempts: maxAttempts) {
+                        defer { pending = nil }
+                        return pending
+                    }
                 }
                 let reader = try PairCSVReader(path: file ?? "-")
                 return try await queue.enqueue(maxAttempts: maxAttempts) { try reader.nextChunk() }

@@ -13,7 +13,8 @@ public struct EnrichCommand: AsyncParsableCommand {
             \(EnrichExitCode.helpText)
             """,
         subcommands: [
-            MigrateCommand.self, EnqueueCommand.self, RunCommand.self, StatusCommand.self, RequeueCommand.self,
+            MigrateCommand.self, EnqueueCommand.self, RunCommand.self, StatusCommand.self, FailuresCommand.self,
+            RequeueCommand.self, DashboardCommand.self,
             SimulateCommand.self, DatabaseCeilingCommand.self, SettingsCommand.self,
         ]
     )

@@ -5,7 +5,7 @@ import Foundation
 
 /// Writes a line to standard error.
 func printError(_ text: String) {
-    FileHandle.standardError.write(Data((text + "\n").utf8))
+    TerminalDisplay.standardError.log(text + "\n")
 }
 
 /// Maps an error to its documented exit code.
@@ -20,7 +20,7 @@ public func exitCode(for error: any Error) -> Int32 {
         default: return EnrichExitCode.configuration
         }
     case let error as DatabaseError:
-        if error.code == .badSource { return EnrichExitCode.badInput }
+        if error.code == .badSource || error.code == .badTarget { return EnrichExitCode.badInput }
         if error.code == .cannotConnect || error.code == .invalidURL || error.code == .invalidSchemaName {
             return EnrichExitCode.configuration
         }

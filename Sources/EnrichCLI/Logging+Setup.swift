@@ -35,7 +35,7 @@ public enum LoggingSetup {
             { label, provider in
                 var handler: any LogHandler
                 switch format {
-                case .text: handler = StreamLogHandler.standardError(label: label, metadataProvider: provider)
+                case .text: handler = TextLogHandler(label: label, metadataProvider: provider)
                 case .json: handler = JSONLogHandler(label: label, metadataProvider: provider)
                 }
                 handler.logLevel = level
@@ -52,7 +52,6 @@ public struct JSONLogHandler: LogHandler {
     public var logLevel: Logger.Level = .info
     public var metadataProvider: Logger.MetadataProvider?
     private let label: String
-    private static let output = Mutex(())
 
     public init(label: String, metadataProvider: Logger.MetadataProvider? = nil) {
         self.label = label
@@ -74,6 +73,40 @@ public struct JSONLogHandler: LogHandler {
             line += "," + JSONText.quoted(key) + ":" + JSONText.quoted("\(merged[key]!)")
         }
         line += "}\n"
-        Self.output.withLock { _ in FileHandle.standardError.write(Data(line.utf8)) }
+        TerminalDisplay.standardError.log(line)
+    }
+}
+
+/// Human log lines on standard error, as swift-log's `StreamLogHandler` writes them
+/// (`2026-11-24T02:30:00+0000 notice enrich: key=value message`), but through ``TerminalDisplay`` so that
+/// they scroll above a live progress bar instead of being written into it.
+public struct TextLogHandler: LogHandler {
+    public var metadata: Logger.Metadata = [:]
+    public var logLevel: Logger.Level = .info
+    public var metadataProvider: Logger.MetadataProvider?
+    private let label: String
+
+    public init(label: String, metadataProvider: Logger.MetadataProvider? = nil) {
+        self.label = label
+        self.metadataProvider = metadataProvider
+    }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    public func log(event: LogEvent) {
+        var merged = metadata
+        if let provided = metadataProvider?.get() { merged.merge(provided) { _, new in new } }
+        if let extra = event.metadata { merged.merge(extra) { _, new in new } }
+        let pairs = merged.keys.sorted().map { "\($0)=\(merged[$0]!)" }.joined(separator: " ")
+        let stamp = Date().formatted(
+            .iso8601.year().month().day().time(includingFractionalSeconds: false)
+                .timeZone(separator: .omitted).timeSeparator(.colon).dateSeparator(.dash)
+        )
+        // A message or value holding a newline would break the one-line-per-entry promise.
+        let text = "\(stamp) \(event.level) \(label):\(pairs.isEmpty ? "" : " " + pairs) \(event.message)"
+        TerminalDisplay.standardError.log(text.replacingOccurrences(of: "\n", with: " ") + "\n")
     }
 }

@@ -1,15 +1,17 @@
+import EnrichCore
 import EnrichSettings
 import EnrichWorker
 import Foundation
 import Logging
 import Synchronization
 
-/// Shows a running job's progress: a live line on a terminal, a log line every few seconds otherwise.
+/// Shows a running job's progress: a live bar below the log lines on a terminal (``TerminalDisplay``), a log
+/// line every few seconds otherwise.
 final class ProgressPrinter: Sendable {
     enum Mode: String {
         /// A live line when standard error is a terminal, log lines otherwise.
         case auto
-        /// Always the live line (rewritten in place with a carriage return).
+        /// Always the live bar (redrawn in place, log lines printed above it).
         case line
         /// Always log lines.
         case log
@@ -19,7 +21,6 @@ final class ProgressPrinter: Sendable {
     private let live: Bool
     private let logEvery: Duration
     private let lastLog = Mutex<Duration?>(nil)
-    private let shownLine = Mutex(false)
 
     /// The printer the settings ask for (`--progress`, `--progress-log-interval`); nil when progress is off.
     static func make(_ sources: SettingSources) throws -> ProgressPrinter? {
@@ -43,12 +44,11 @@ final class ProgressPrinter: Sendable {
     }
 
     func show(_ progress: WorkerProgress, logger: Logger) {
-        let text = Self.line(progress)
         if live {
-            shownLine.withLock { $0 = true }
-            FileHandle.standardError.write(Data(("\r\u{1B}[2K" + text).utf8))
+            TerminalDisplay.standardError.showBar(Self.bar(progress))
             return
         }
+        let text = Self.line(progress)
         let due = lastLog.withLock { last -> Bool in
             guard last.map({ progress.elapsed - $0 >= logEvery }) ?? (progress.elapsed >= logEvery) else {
                 return false
@@ -59,9 +59,34 @@ final class ProgressPrinter: Sendable {
         if due { logger.info("progress: \(text)") }
     }
 
-    /// Ends the live line so the summary starts on its own line.
-    func finish() {
-        if shownLine.withLock({ $0 }) { FileHandle.standardError.write(Data("\n".utf8)) }
+    /// Leaves the last bar on screen so the summary starts on its own line.
+    func finish() { TerminalDisplay.standardError.endBar() }
+
+    /// `[██████░░░░░░░░░░░░░░]  30%  3000/10000 · 1020 rows/s · ETA 7s · 12 failed · 429s 3 · 1 login · send 300/s`
+    static func bar(_ progress: WorkerProgress, width: Int = 20) -> String {
+        let counters = progress.statistics.counters
+        let finished = counters.succeeded + counters.failed
+        var parts: [String] = []
+        if let total = progress.totalItems, total > 0 {
+            let share = min(1, Double(finished) / Double(total))
+            let filled = Int((share * Double(width)).rounded(.down))
+            let percent = Int((share * 100).rounded(.down))
+            let meter = String(repeating: "█", count: filled) + String(repeating: "░", count: width - filled)
+            parts.append(
+                "[\(meter)] \(String(repeating: " ", count: 3 - String(percent).count))\(percent)%  \(finished)/\(total)"
+            )
+        } else {
+            parts.append("run \(progress.runID): \(finished) rows")
+        }
+        parts.append("\(Int(progress.itemsPerSecond.rounded())) rows/s")
+        if let total = progress.totalItems, progress.itemsPerSecond > 0, total > finished {
+            parts.append("ETA \(DurationText.format(Double(total - finished) / progress.itemsPerSecond))")
+        }
+        parts.append("\(counters.failed) failed")
+        parts.append("429s \(counters.throttled)")
+        parts.append("\(progress.logins) login\(progress.logins == 1 ? "" : "s")")
+        if let rate = progress.sendRate { parts.append("send \(Int(rate.rounded()))/s") }
+        return parts.joined(separator: " · ")
     }
 
     /// `run 7: 4210/10000 (42%) · 1020 rows/s · 3 retried · 12 failed · 429s 3 · send rate 300/s · ETA 6s`

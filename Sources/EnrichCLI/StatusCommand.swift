@@ -3,6 +3,7 @@ import EnrichCore
 import EnrichJobs
 import EnrichQueue
 import EnrichSettings
+import EnrichStatus
 import Foundation
 
 /// `enrich status`: queue counts and recent job runs.
@@ -38,12 +39,23 @@ struct StatusCommand: AsyncParsableCommand {
     @Option(name: .customLong(Settings.staleAfter.name), help: .init(Settings.staleAfter))
     var staleAfter: String?
 
+    @Flag(help: "Refresh the table in place every few seconds (given after it; default 2) until Ctrl-C.")
+    var watch = false
+
+    @Argument(help: ArgumentHelp("With --watch: seconds between refreshes.", valueName: "seconds"))
+    var seconds: Double?
+
     func validate() throws {
         if limit < 0 { throw ValidationError("--limit must not be negative") }
+        if seconds != nil && !watch { throw ValidationError("seconds are for --watch: status --watch 5") }
+        if let seconds, !(seconds >= 0.2 && seconds <= 3600) {
+            throw ValidationError("--watch takes 0.2 to 3600 seconds")
+        }
+        if watch && (check || json) { throw ValidationError("--watch shows the table: not with --check or --json") }
     }
 
     func run() async throws {
-        try await reportingErrors { try await check ? runCheck() : show() }
+        try await reportingErrors { try await check ? runCheck() : watch ? watchTable() : show() }
     }
 
     private func runCheck() async throws -> Int32 {
@@ -73,19 +85,34 @@ struct StatusCommand: AsyncParsableCommand {
         return health.isProblem ? EnrichExitCode.checkFailed : EnrichExitCode.success
     }
 
+    /// `--watch`: the table redrawn in place on a terminal (clear screen, then the table); off a terminal,
+    /// one table after another.
+    private func watchTable() async throws -> Int32 {
+        let logger = try database.makeLogger()
+        let (limit, job) = (self.limit, self.job)
+        let interval = Duration.seconds(seconds ?? 2)
+        let terminal = isatty(STDOUT_FILENO) == 1
+        try await Database.withDatabase(try database.configuration(), logger: logger) { db in
+            while !Task.isCancelled {
+                let text = try await StatusReport.read(db, limit: limit, job: job).text()
+                let stamp = Date().formatted(.iso8601)
+                let footer = "\(stamp) · refreshed every \(DurationText.format(interval.inSeconds)) · Ctrl-C to stop"
+                // Written whole, unbuffered: the screen is never seen half drawn.
+                let screen =
+                    terminal ? "\u{1B}[H\u{1B}[2J" + text + "\n\n" + footer + "\n" : text + "\n" + footer + "\n\n"
+                FileHandle.standardOutput.write(Data(screen.utf8))
+                try await Task.sleep(for: interval)
+            }
+        }
+        return EnrichExitCode.success
+    }
+
     private func show() async throws -> Int32 {
         let logger = try database.makeLogger()
-        let configuration = try database.configuration()
-        let (counts, fleet, runs, dead) = try await Database.withDatabase(configuration, logger: logger) { db in
-            let queue = Queue(database: db)
-            let jobRuns = JobRuns(database: db)
-            try await queue.compactCounts()
-            let runs = try await jobRuns.recent(limit: limit, jobName: job)
-            let running = try await jobRuns.runningIDs()
-            let dead = try await jobRuns.deadRuns(among: running)
-            return (try await queue.counts(), try await FleetStatus.read(db, dead: dead), runs, dead)
+        let (limit, job) = (self.limit, self.job)
+        let report = try await Database.withDatabase(try database.configuration(), logger: logger) { db in
+            try await StatusReport.read(db, limit: limit, job: job)
         }
-        let report = StatusReport(schema: configuration.schema, queue: counts, fleet: fleet, runs: runs, dead: dead)
         if json {
             print(String(decoding: try JSONEncoder.sorted.encode(report), as: UTF8.self))
         } else {

@@ -51,20 +51,28 @@ public struct Fleet: Sendable {
         return SharedTokenStore(source: source, clock: clock, logger: logger)
     }
 
-    /// The fleet's send budget, for the throttle.
-    public var budget: PostgresSendBudget { PostgresSendBudget(limiter: limiter) }
+    /// The fleet's send budget, for one throttle.
+    public func budget() -> PostgresSendBudget {
+        PostgresSendBudget(limiter: limiter, owner: "\(owner) \(UUID().uuidString.prefix(8))")
+    }
 }
 
 /// ``FleetLimiter`` as a throttle's ``SharedSendBudget``. Each statement gets a second at most: a worker
 /// whose database is slow or away keeps to its share of the rate rather than wait for it.
 public struct PostgresSendBudget: SharedSendBudget {
     public let limiter: FleetLimiter
+    /// This worker when it leads the fleet's rate: host, pid and a tag of its own (workers of one process
+    /// are told apart).
+    public let owner: String
     private let timeout = Duration.seconds(1)
 
-    public init(limiter: FleetLimiter) { self.limiter = limiter }
+    public init(limiter: FleetLimiter, owner: String) {
+        self.limiter = limiter
+        self.owner = owner
+    }
 
-    public func reserve(count: Int, rate: Double) async throws -> SharedReservation {
-        try await limiter.reserve(count: count, rate: rate, timeout: timeout)
+    public func reserve(count: Int, rate: Double, accepted: Int64) async throws -> SharedReservation {
+        try await limiter.reserve(count: count, rate: rate, accepted: accepted, timeout: timeout)
     }
 
     public func pause(for duration: Duration) async throws -> Int64 {
@@ -75,5 +83,11 @@ public struct PostgresSendBudget: SharedSendBudget {
         try await limiter.listenForPauses(onPause)
     }
 
-    public func pause() async throws -> SharedPause { try await limiter.pause(timeout: timeout) }
+    public func pause(accepted: Int64) async throws -> SharedPause {
+        try await limiter.pause(accepted: accepted, timeout: timeout)
+    }
+
+    public func lead(rate: Double?, ceiling: Double?) async throws -> SharedLead? {
+        try await limiter.lead(owner: owner, rate: rate, ceiling: ceiling, timeout: timeout)
+    }
 }

@@ -8,6 +8,7 @@ import Foundation
 /// {
 ///   "description": "Nightly sync of every active membership",
 ///   "source": { "sql": "SELECT organization_id, user_id FROM app.memberships WHERE active" },
+///   "target": { "sql": "UPDATE app.memberships AS m SET customer_number = t.c FROM unnest($1::text[], ...) ..." },
 ///   "concurrency": 32,
 ///   "max-attempts": 5
 /// }
@@ -17,7 +18,8 @@ import Foundation
 /// a flag or environment variable given at run time wins over the file (flag > environment > job file >
 /// default). `source` is `"queue"` (drain the pairs already enqueued)
 /// or `{"sql": "SELECT ..."}`, a query over the user's own tables returning two columns (organization id,
-/// user id), run at the start of every run. An unknown key or a value of the wrong type is an
+/// user id), run at the start of every run. `target` (optional) is `{"sql": "..."}`, the application's SQL
+/// that receives each written batch of results (`WriteBackTarget`). An unknown key or a value of the wrong type is an
 /// ``InputError`` naming the file and the key.
 public struct JobDefinition: Sendable, Equatable {
     /// Where a run's pairs come from.
@@ -34,6 +36,8 @@ public struct JobDefinition: Sendable, Equatable {
     public let path: String
     public let description: String?
     public let source: Source
+    /// The write-back target's SQL (`target.sql`), if any.
+    public let target: String?
     /// Run settings by name (`concurrency` ...), as text, already checked against their settings; layered
     /// under flags and the environment (``SettingSources``).
     public let settings: [String: String]
@@ -83,6 +87,7 @@ public struct JobDefinition: Sendable, Equatable {
 
         var description: String?
         var source: Source?
+        var target: String?
         var settings: [String: String] = [:]
         for key in root.keys.sorted() {
             let value = root[key]!
@@ -95,9 +100,13 @@ public struct JobDefinition: Sendable, Equatable {
                 description = text
             case "source":
                 source = try parseSource(value, path: path)
+            case "target":
+                target = try parseSQLObject(value, path: path, field: "target", expected: "a non-empty SQL statement")
             default:
                 guard let setting = settingsByKey[key] else {
-                    let known = (["description", "source"] + settingsByKey.keys).sorted().joined(separator: ", ")
+                    let known = (["description", "source", "target"] + settingsByKey.keys).sorted().joined(
+                        separator: ", "
+                    )
                     throw InputError(file: path, line: nil, field: key, problem: "unknown key (known keys: \(known))")
                 }
                 guard let text = value.text(as: setting.jsonType), setting.accepts(text) else {
@@ -114,23 +123,22 @@ public struct JobDefinition: Sendable, Equatable {
                 problem: "missing: give \"queue\" or {\"sql\": \"SELECT organization_id, user_id FROM ...\"}"
             )
         }
-        return JobDefinition(name: name, path: path, description: description, source: source, settings: settings)
+        return JobDefinition(
+            name: name,
+            path: path,
+            description: description,
+            source: source,
+            target: target,
+            settings: settings
+        )
     }
 
     private static func parseSource(_ value: JSONValue, path: String) throws(InputError) -> Source {
         switch value {
         case .string("queue"):
             return .queue
-        case .object(let object):
-            for key in object.keys where key != "sql" {
-                throw InputError(file: path, line: nil, field: "source.\(key)", problem: "unknown key (known: sql)")
-            }
-            guard case .string(let sql) = object["sql"],
-                !sql.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty
-            else {
-                throw InputError(file: path, line: nil, field: "source.sql", problem: "expected a non-empty SELECT")
-            }
-            return .sql(sql)
+        case .object:
+            return .sql(try parseSQLObject(value, path: path, field: "source", expected: "a non-empty SELECT"))
         default:
             throw InputError(
                 file: path,
@@ -139,6 +147,31 @@ public struct JobDefinition: Sendable, Equatable {
                 problem: "expected \"queue\" or {\"sql\": \"SELECT ...\"}, got \(value.summary)"
             )
         }
+    }
+
+    /// `{"sql": "..."}` under `field`: the SQL text.
+    private static func parseSQLObject(
+        _ value: JSONValue,
+        path: String,
+        field: String,
+        expected: String
+    ) throws(InputError) -> String {
+        guard case .object(let object) = value else {
+            throw InputError(
+                file: path,
+                line: nil,
+                field: field,
+                problem: "expected {\"sql\": \"...\"}, got \(value.summary)"
+            )
+        }
+        for key in object.keys where key != "sql" {
+            throw InputError(file: path, line: nil, field: "\(field).\(key)", problem: "unknown key (known: sql)")
+        }
+        guard case .string(let sql) = object["sql"], !sql.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty
+        else {
+            throw InputError(file: path, line: nil, field: "\(field).sql", problem: "expected \(expected)")
+        }
+        return sql
     }
 
     /// Where the JSON breaks: JSONSerialization names the character offset; turn it into a line number.

@@ -1,6 +1,7 @@
 import EnrichFleet
 import EnrichMetrics
 import EnrichQueue
+import EnrichStatus
 import EnrichThrottle
 import EnrichToken
 import EnrichWorker
@@ -35,6 +36,9 @@ public struct JobRunner: Sendable {
     public func run() async throws -> RunReport {
         try await Database.withDatabase(plan.database, logger: logger) { database in
             try await JobLock.withLock(jobName: plan.job?.name, database: database) { lock in
+                if let target = plan.target {
+                    try await recordingFailure(database) { try await target.validate(on: database) }
+                }
                 if let job = plan.job { try await enqueueSource(of: job, into: database) }
                 return try await NymbleClient.withClient(configuration: plan.client, logger: logger) { client in
                     try await runWorker(database: database, client: client, lock: lock)
@@ -45,7 +49,7 @@ public struct JobRunner: Sendable {
 
     private func enqueueSource(of job: JobDefinition, into database: Database) async throws {
         guard case .sql(let sql) = job.source else { return }
-        do {
+        try await recordingFailure(database) {
             let summary = try await Queue(database: database).enqueue(
                 fromSQL: sql,
                 maxAttempts: plan.worker.maxAttempts ?? 5,
@@ -58,10 +62,18 @@ public struct JobRunner: Sendable {
                     "queued_again": "\(summary.requeued)", "already_queued": "\(summary.alreadyQueued)",
                 ]
             )
+        }
+    }
+
+    /// Runs a step before the run starts; when it fails, a failed run is recorded with the error, so that
+    /// `status` and `status --check` see it.
+    private func recordingFailure(_ database: Database, _ step: () async throws -> Void) async throws {
+        do {
+            try await step()
         } catch {
             // Best effort: the database itself may be what failed.
             let jobRuns = JobRuns(database: database)
-            let start = JobRuns.Start(jobName: job.name, trigger: plan.worker.trigger, totalItems: nil)
+            let start = JobRuns.Start(jobName: plan.worker.jobName, trigger: plan.worker.trigger, totalItems: nil)
             if let id = try? await jobRuns.start(start) {
                 try? await jobRuns.finish(id: id, state: .failed, counters: RunCounters(), lastError: "\(error)")
             }
@@ -84,7 +96,7 @@ public struct JobRunner: Sendable {
                 logger: logger,
                 login: login
             )
-            sendBudget = fleet.budget
+            sendBudget = fleet.budget()
         } else {
             tokens = SharedTokenStore(configuration: plan.token, clock: ContinuousClock(), logger: logger, login: login)
         }
@@ -93,7 +105,9 @@ public struct JobRunner: Sendable {
         if let (host, port) = plan.metrics {
             let registry = PrometheusCollectorRegistry()
             metrics = RunMetrics(factory: PrometheusMetricsFactory(registry: registry))
-            let endpoint = MetricsEndpoint(registry: registry, host: host, port: port, logger: logger)
+            let endpoint = MetricsEndpoint(registry: registry, host: host, port: port, logger: logger) { router in
+                StatusPageRoutes.add(to: router, database: database)
+            }
             services.append(.init(service: endpoint, failureTerminationBehavior: .gracefullyShutdownGroup))
         }
         if let lock {
@@ -106,6 +120,7 @@ public struct JobRunner: Sendable {
             api: client,
             tokens: tokens,
             sendBudget: sendBudget,
+            target: plan.target,
             logger: logger,
             metrics: metrics,
             onProgress: onProgress,

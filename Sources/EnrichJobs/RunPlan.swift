@@ -15,6 +15,8 @@ public struct RunPlan: Sendable {
     public var token: TokenStoreConfiguration
     /// Share the token and the send budget with the other workers of the schema (off with `--solo`).
     public var fleet: Bool
+    /// The application's SQL that receives each written batch (`--target-sql`, else the job's `target`).
+    public var target: WriteBackTarget?
     /// Where to serve Prometheus metrics; nil: off.
     public var metrics: (host: String, port: Int)?
     /// The sources the plan was read from (the command line reads its own output settings from them).
@@ -47,6 +49,11 @@ public struct RunPlan: Sendable {
         var worker = try sources.workerConfiguration()
         if let job { worker.jobName = job.name }
         let port = try sources.value(Settings.metricsPort)
+        var target = job.flatMap { job in job.target.map { WriteBackTarget(sql: $0, origin: "\(job.path): target.sql") }
+        }
+        if let sql = try sources.value(Settings.targetSQL) {
+            target = WriteBackTarget(sql: sql, origin: sources.origin(of: Settings.targetSQL).description)
+        }
         return RunPlan(
             job: job,
             database: try sources.databaseConfiguration(),
@@ -55,7 +62,8 @@ public struct RunPlan: Sendable {
             credentials: try sources.credentials(),
             token: TokenStoreConfiguration(),
             fleet: !(try sources.value(Settings.solo) ?? false),
-            metrics: try port.map { (try sources.value(Settings.metricsHost) ?? "0.0.0.0", $0) },
+            target: target,
+            metrics: try port.map { (try sources.value(Settings.metricsHost) ?? "127.0.0.1", $0) },
             sources: sources
         )
     }

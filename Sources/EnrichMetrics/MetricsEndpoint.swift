@@ -3,7 +3,8 @@ import Logging
 import Prometheus
 import ServiceLifecycle
 
-/// Serves `GET /metrics` in the Prometheus text format from one collector registry (`--metrics-port`).
+/// Serves `GET /metrics` in the Prometheus text format from one collector registry (`--metrics-port`), and
+/// any routes `pages` adds (the status page).
 ///
 /// A `Service`: it runs beside the worker in the same `ServiceGroup` and stops with it.
 public struct MetricsEndpoint: Service {
@@ -12,15 +13,19 @@ public struct MetricsEndpoint: Service {
     public let port: Int
     private let logger: Logger
     private let onListening: @Sendable (Int) async -> Void
+    private let pages: (@Sendable (Router<BasicRequestContext>) -> Void)?
 
+    /// - Parameter pages: adds further routes to the same server.
     /// - Parameter onListening: receives the bound port (useful with port 0).
     public init(
         registry: PrometheusCollectorRegistry,
         host: String,
         port: Int,
         logger: Logger,
+        pages: (@Sendable (Router<BasicRequestContext>) -> Void)? = nil,
         onListening: @escaping @Sendable (Int) async -> Void = { _ in }
     ) {
+        self.pages = pages
         self.registry = registry
         self.host = host
         self.port = port
@@ -41,6 +46,7 @@ public struct MetricsEndpoint: Service {
                 body: .init(byteBuffer: ByteBuffer(bytes: buffer))
             )
         }
+        pages?(router)
         let (host, logger, onListening) = (host, logger, onListening)
         let application = Application(
             router: router,

@@ -10,7 +10,8 @@ public struct DatabaseError: Error, CustomStringConvertible, Sendable {
     /// What kind of failure this is. Compare with the static members (`.cannotConnect`, ...).
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private enum Base: String, Hashable, Sendable {
-            case invalidURL, cannotConnect, timedOut, queryFailed, invalidSchemaName, schemaNotMigrated, badSource
+            case invalidURL, cannotConnect, timedOut, queryFailed, invalidSchemaName, schemaNotMigrated, badSource,
+                badTarget
         }
         private let base: Base
         private init(_ base: Base) { self.base = base }
@@ -29,6 +30,8 @@ public struct DatabaseError: Error, CustomStringConvertible, Sendable {
         public static let schemaNotMigrated = Code(.schemaNotMigrated)
         /// A `--from-sql` source query is unusable (wrong columns, bad values, SQL error).
         public static let badSource = Code(.badSource)
+        /// A write-back target's SQL is unusable (syntax, a missing table or column, a parameter's type).
+        public static let badTarget = Code(.badTarget)
 
         public var description: String { base.rawValue }
     }

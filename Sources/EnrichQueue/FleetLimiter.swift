@@ -30,7 +30,15 @@ public struct FleetLimiter: Sendable {
     /// Reserves `count` consecutive send slots at `rate` per second for the whole fleet, after any pause. A
     /// free slot may lag one interval behind now (the tolerance of GCRA), so that the time a process takes
     /// to come back for its next block is not lost to the fleet; idle time never banks a burst beyond that.
-    public func reserve(count: Int, rate: Double, timeout: Duration? = nil) async throws -> SharedReservation {
+    /// `accepted`: calls this worker had accepted since it last reported (the fleet's leader measures them).
+    public func reserve(
+        count: Int,
+        rate: Double,
+        accepted: Int64 = 0,
+        timeout: Duration? = nil
+    ) async throws
+        -> SharedReservation
+    {
         let span = Double(count) / rate
         let rows = try await database.query(
             "reserve send slots",
@@ -38,25 +46,30 @@ public struct FleetLimiter: Sendable {
             UPDATE \(unescaped: database.schema).api_limiter SET
                 tat = greatest(tat, now() - make_interval(secs => \(1 / rate)), paused_until)
                     + make_interval(secs => \(span)),
-                reserved = reserved + \(Int64(count)), reservations = reservations + 1, updated_at = now()
+                reserved = reserved + \(Int64(count)), reservations = reservations + 1,
+                accepted = accepted + \(accepted), updated_at = now()
             WHERE key = \(key)
             RETURNING EXTRACT(EPOCH FROM tat - make_interval(secs => \(span)) - now())::float8,
                 greatest(EXTRACT(EPOCH FROM coalesce(paused_until, now()) - now()), 0)::float8,
                 (SELECT count(*) FROM \(unescaped: database.schema).job_runs
                  WHERE state = 'running' AND heartbeat_at > now() - interval '1 minute')::integer,
-                pause_events
+                pause_events, \(unescaped: Self.sharedRate), \(unescaped: Self.leaderAlive)
             """,
             timeout: timeout
         )
         guard let row = rows.first else {
             throw DatabaseError(.queryFailed, "the shared send budget row \(key) is missing")
         }
-        let (startsIn, pausedFor, liveRuns, events) = try row.decode((Double, Double, Int32, Int64).self)
+        let (startsIn, pausedFor, liveRuns, events, rate, leading) = try row.decode(
+            (Double, Double, Int32, Int64, Double?, Bool).self
+        )
         return SharedReservation(
             startsIn: .seconds(startsIn),
             pausedFor: .seconds(pausedFor),
             liveWorkers: Int(liveRuns),
-            pauseEvents: events
+            pauseEvents: events,
+            rate: rate,
+            hasLeader: leading
         )
     }
 
@@ -109,20 +122,77 @@ public struct FleetLimiter: Sendable {
         }
     }
 
-    /// The fleet-wide pause still in force (zero when none) and the congestion events so far.
-    public func pause(timeout: Duration? = nil) async throws -> SharedPause {
+    /// The fleet-wide pause still in force (zero when none), the congestion events so far and the shared
+    /// rate, adding the calls this worker had accepted since it last reported.
+    public func pause(accepted: Int64, timeout: Duration? = nil) async throws -> SharedPause {
         let rows = try await database.query(
             "read the fleet pause",
             """
-            SELECT greatest(EXTRACT(EPOCH FROM coalesce(paused_until, now()) - now()), 0)::float8, pause_events
-            FROM \(unescaped: database.schema).api_limiter WHERE key = \(key)
+            UPDATE \(unescaped: database.schema).api_limiter SET accepted = accepted + \(accepted)
+            WHERE key = \(key)
+            RETURNING greatest(EXTRACT(EPOCH FROM coalesce(paused_until, now()) - now()), 0)::float8, pause_events,
+                \(unescaped: Self.sharedRate), \(unescaped: Self.leaderAlive)
             """,
             timeout: timeout
         )
         guard let row = rows.first else {
             throw DatabaseError(.queryFailed, "the shared send budget row \(key) is missing")
         }
-        let (paused, events) = try row.decode((Double, Int64).self)
-        return SharedPause(pausedFor: .seconds(paused), events: events)
+        let (paused, events, rate, leading) = try row.decode((Double, Int64, Double?, Bool).self)
+        return SharedPause(pausedFor: .seconds(paused), events: events, rate: rate, hasLeader: leading)
+    }
+
+    /// The shared rate as the workers should follow it: only while a leader is alive (or just gone), so
+    /// that a rate learned by yesterday's fleet does not hold back today's.
+    static let sharedRate = "CASE WHEN leader_until > now() - interval '10 seconds' THEN rate END"
+
+    /// Whether a worker holds the lead now: the others try for it only when nobody does.
+    static let leaderAlive = "coalesce(leader_until >= now(), false)"
+
+    /// How long a lead lasts without being renewed: a leader that dies is replaced within this.
+    public static let leadLease = Duration.seconds(2)
+
+    /// Takes the lead of the fleet's adaptive rate for `owner` when nobody holds it (or its lease ran out),
+    /// or renews it; a continuing leader stores `rate` and `ceiling`. Nil while another worker leads.
+    public func lead(
+        owner: String,
+        rate: Double?,
+        ceiling: Double?,
+        timeout: Duration? = nil
+    ) async throws
+        -> SharedLead?
+    {
+        let schema = database.schema
+        let lease = Self.leadLease.inSeconds
+        let rows = try await database.query(
+            "lead the fleet's rate",
+            """
+            UPDATE \(unescaped: schema).api_limiter SET
+                rate = CASE WHEN leader = \(owner) THEN \(rate) ELSE rate END,
+                ceiling = CASE WHEN leader = \(owner) THEN \(ceiling) ELSE ceiling END,
+                rate_changes = rate_changes
+                    + CASE WHEN leader = \(owner) AND rate IS DISTINCT FROM \(rate) THEN 1 ELSE 0 END,
+                leader_turns = CASE WHEN leader = \(owner) THEN leader_turns + 1 ELSE 0 END,
+                lead_gap = CASE WHEN leader = \(owner) THEN lead_gap ELSE now() - leader_until END,
+                leader = \(owner), leader_until = now() + make_interval(secs => \(lease)), updated_at = now()
+            WHERE key = \(key) AND (leader IS NULL OR leader = \(owner) OR leader_until < now())
+            RETURNING leader_turns > 0, coalesce(lead_gap > interval '1 minute', true), accepted, pause_events,
+                greatest(EXTRACT(EPOCH FROM coalesce(paused_until, now()) - now()), 0)::float8, rate, ceiling
+            """,
+            timeout: timeout
+        )
+        guard let row = rows.first else { return nil }
+        let (continued, stale, accepted, events, paused, rate, ceiling) = try row.decode(
+            (Bool, Bool, Int64, Int64, Double, Double?, Double?).self
+        )
+        return SharedLead(
+            continued: continued,
+            stale: stale,
+            accepted: accepted,
+            events: events,
+            pausedFor: .seconds(paused),
+            rate: rate,
+            ceiling: ceiling
+        )
     }
 }

@@ -23,6 +23,14 @@ public struct FleetStatus: Codable, Sendable, Equatable {
         public var reservations: Int64
         /// Congestion events: pauses set while none was in force.
         public var pauses: Int64
+        /// The fleet's adaptive rate as its live leader set it (nil: unlimited, or no leader alive).
+        public var sharedRate: Double?
+        /// The level the leader found too much at the last 429.
+        public var ceiling: Double?
+        /// The worker leading the adaptive rate (host:pid and a tag), while its lease holds.
+        public var leader: String?
+        /// Times the leader changed the shared rate.
+        public var rateChanges: Int64
     }
 
     public struct Worker: Codable, Sendable, Equatable {
@@ -66,19 +74,24 @@ public struct FleetStatus: Codable, Sendable, Equatable {
             "read the shared send budgets",
             """
             SELECT key, greatest(EXTRACT(EPOCH FROM coalesce(paused_until, now()) - now()), 0)::float8,
-                reserved, reservations, pause_events
+                reserved, reservations, pause_events, \(unescaped: FleetLimiter.sharedRate), ceiling,
+                CASE WHEN leader_until > now() THEN leader END, rate_changes
             FROM \(unescaped: schema).api_limiter ORDER BY key
             """
         ).map { row in
-            let (api, paused, reserved, reservations, pauses) = try row.decode(
-                (String, Double, Int64, Int64, Int64).self
+            let (api, paused, reserved, reservations, pauses, rate, ceiling, leader, changes) = try row.decode(
+                (String, Double, Int64, Int64, Int64, Double?, Double?, String?, Int64).self
             )
             return Budget(
                 api: api,
                 pausedForSeconds: paused,
                 slotsReserved: reserved,
                 reservations: reservations,
-                pauses: pauses
+                pauses: pauses,
+                sharedRate: rate,
+                ceiling: ceiling,
+                leader: leader,
+                rateChanges: changes
             )
         }
         let live = try await database.query(

@@ -177,15 +177,22 @@ public struct JobRuns: Sendable {
             let rows = try await database.query(
                 "update the run heartbeat",
                 """
-                UPDATE \(unescaped: schema).job_runs SET heartbeat_at = now(),
-                    claimed = \(counters.claimed), succeeded = \(counters.succeeded), failed = \(counters.failed),
-                    retried = \(counters.retried), throttled = \(counters.throttled), logins = \(counters.logins),
-                    total_items = COALESCE(\(totalItems), total_items),
-                    stalled_since = CASE WHEN \(stalledFor?.inSeconds)::float8 IS NULL THEN NULL
-                        ELSE COALESCE(stalled_since,
-                            now() - make_interval(secs => \(stalledFor?.inSeconds ?? 0))) END
-                WHERE id = \(id) AND state = 'running'
-                RETURNING id
+                WITH beat AS (
+                    UPDATE \(unescaped: schema).job_runs SET heartbeat_at = now(),
+                        claimed = \(counters.claimed), succeeded = \(counters.succeeded), failed = \(counters.failed),
+                        retried = \(counters.retried), throttled = \(counters.throttled), logins = \(counters.logins),
+                        total_items = COALESCE(\(totalItems), total_items),
+                        stalled_since = CASE WHEN \(stalledFor?.inSeconds)::float8 IS NULL THEN NULL
+                            ELSE COALESCE(stalled_since,
+                                now() - make_interval(secs => \(stalledFor?.inSeconds ?? 0))) END
+                    WHERE id = \(id) AND state = 'running'
+                    RETURNING id, succeeded, failed, throttled
+                ), sample AS (
+                    INSERT INTO \(unescaped: schema).run_samples (run_id, at, succeeded, failed, throttled)
+                    SELECT id, now(), succeeded, failed, throttled FROM beat
+                    ON CONFLICT DO NOTHING
+                )
+                SELECT id FROM beat
                 """
             )
             return !rows.isEmpty
@@ -206,14 +213,24 @@ public struct JobRuns: Sendable {
             try await database.query(
                 "record the run end",
                 """
-                UPDATE \(unescaped: schema).job_runs SET state = \(state.rawValue), finished_at = now(),
-                    heartbeat_at = now(), stalled_since = NULL,
-                    total_items = CASE WHEN \(state.rawValue) = 'succeeded' THEN \(counters.succeeded + counters.failed)
-                        ELSE GREATEST(total_items, \(counters.succeeded + counters.failed)) END,
-                    claimed = \(counters.claimed), succeeded = \(counters.succeeded), failed = \(counters.failed),
-                    retried = \(counters.retried), throttled = \(counters.throttled), logins = \(counters.logins),
-                    last_error = \(lastError.map { String($0.prefix(2000)) })
-                WHERE id = \(id)
+                WITH ended AS (
+                    UPDATE \(unescaped: schema).job_runs SET state = \(state.rawValue), finished_at = now(),
+                        heartbeat_at = now(), stalled_since = NULL,
+                        total_items = CASE WHEN \(state.rawValue) = 'succeeded'
+                            THEN \(counters.succeeded + counters.failed)
+                            ELSE GREATEST(total_items, \(counters.succeeded + counters.failed)) END,
+                        claimed = \(counters.claimed), succeeded = \(counters.succeeded), failed = \(counters.failed),
+                        retried = \(counters.retried), throttled = \(counters.throttled), logins = \(counters.logins),
+                        last_error = \(lastError.map { String($0.prefix(2000)) })
+                    WHERE id = \(id)
+                    RETURNING id, succeeded, failed, throttled
+                ), sample AS (
+                    INSERT INTO \(unescaped: schema).run_samples (run_id, at, succeeded, failed, throttled)
+                    SELECT id, now(), succeeded, failed, throttled FROM ended
+                    ON CONFLICT DO NOTHING
+                )
+                -- Samples are kept for two weeks: the status page draws the recent runs.
+                DELETE FROM \(unescaped: schema).run_samples WHERE at < now() - interval '14 days'
                 """
             )
         }

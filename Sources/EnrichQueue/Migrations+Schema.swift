@@ -1,6 +1,8 @@
 /// enrich's schema history. Append new migrations; never edit an applied one.
 enum Migrations {
-    static let all: [Migration] = [initialSchema, newWorkNotifications, claimsAndLiveness, fleetCoordination]
+    static let all: [Migration] = [
+        initialSchema, newWorkNotifications, claimsAndLiveness, fleetCoordination, fleetRate, runSamples,
+    ]
 
     /// Version 1: the queue, its per-state counters, and the job runs (status) table.
     static let initialSchema = Migration(
@@ -246,6 +248,48 @@ enum Migrations {
                 updated_at timestamptz NOT NULL DEFAULT now()
             )
             """,
+        ]
+    )
+
+    /// Version 5: without a known rate, the fleet's adaptive rate is decided once, by one leader (a lease on
+    /// the budget row: `leader`, `leader_until`; `leader_turns` and `lead_gap`, the time the fleet went
+    /// without a leader before the current one), from fleet-wide accepted calls (`accepted`, added by every
+    /// worker as it reserves or reads), and shared through `rate` (nil: unlimited) and `ceiling`.
+    static let fleetRate = Migration(
+        version: 5,
+        name: "a shared adaptive rate decided by one leader",
+        statements: [
+            """
+            ALTER TABLE {schema}.api_limiter
+                ADD COLUMN rate float8,
+                ADD COLUMN ceiling float8,
+                ADD COLUMN accepted bigint NOT NULL DEFAULT 0,
+                ADD COLUMN leader text,
+                ADD COLUMN leader_until timestamptz,
+                ADD COLUMN leader_turns bigint NOT NULL DEFAULT 0,
+                ADD COLUMN lead_gap interval,
+                ADD COLUMN rate_changes bigint NOT NULL DEFAULT 0
+            """
+        ]
+    )
+
+    /// Version 6: each heartbeat's counters, kept for two weeks, so that the status page draws throughput and
+    /// 429s over time for the recent runs.
+    static let runSamples = Migration(
+        version: 6,
+        name: "run samples for the status page",
+        statements: [
+            """
+            CREATE TABLE {schema}.run_samples (
+                run_id bigint NOT NULL,
+                at timestamptz NOT NULL,
+                succeeded bigint NOT NULL,
+                failed bigint NOT NULL,
+                throttled bigint NOT NULL,
+                PRIMARY KEY (run_id, at)
+            )
+            """,
+            "CREATE INDEX run_samples_at_idx ON {schema}.run_samples (at)",
         ]
     )
 }

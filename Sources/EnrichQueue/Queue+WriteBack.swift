@@ -7,8 +7,24 @@ extension Queue {
     /// delay, without an attempt). Every completion and failure counts the call in `attempts`.
     ///
     /// Rows this owner no longer holds under the same claim are left untouched and reported stale.
+    ///
+    /// With a ``WriteBackTarget`` the completions actually written are handed to the target's SQL in the
+    /// same transaction: both are written or neither.
     public func writeBack(_ batch: WriteBackBatch, owner: String) async throws -> WriteBackOutcome {
         guard !batch.isEmpty else { return WriteBackOutcome() }
+        let query = Self.writeBackQuery(batch, owner: owner, schema: schema)
+        guard let target, !batch.completions.isEmpty else {
+            return try Self.outcome(of: batch, rows: try await database.query("write back results", query))
+        }
+        return try await database.transaction("write back results") { session in
+            let outcome = try Self.outcome(of: batch, rows: try await session.query(query))
+            let stale = Set(outcome.staleIDs)
+            try await target.run(batch.completions.filter { !stale.contains($0.item.id) }, in: session)
+            return outcome
+        }
+    }
+
+    private static func writeBackQuery(_ batch: WriteBackBatch, owner: String, schema: String) -> PostgresQuery {
         let done = batch.completions
         let failures = batch.failures
         let releases = batch.releases
@@ -69,7 +85,10 @@ extension Queue {
             UNION ALL SELECT 1, id, for_good FROM failed
             UNION ALL SELECT 2, id, false FROM released
             """
-        let rows = try await database.query("write back results", query)
+        return query
+    }
+
+    private static func outcome(of batch: WriteBackBatch, rows: [PostgresRow]) throws -> WriteBackOutcome {
         var outcome = WriteBackOutcome()
         var written = Set<Int64>()
         for row in rows {
@@ -133,24 +152,6 @@ extension Queue {
                 RETURNING 1
             )
             SELECT count(*) FROM extended
-            """
-        )
-        return Int(try rows.first?.decode(Int64.self) ?? 0)
-    }
-
-    /// Puts every `failed` row back to `pending` with fresh attempts; returns how many.
-    @discardableResult
-    public func requeueFailed() async throws -> Int {
-        let rows = try await database.query(
-            "requeue failed rows",
-            """
-            WITH requeued AS (
-                UPDATE \(unescaped: schema).queue_items SET
-                    state = 'pending', attempts = 0, takeovers = 0, available_at = now(), updated_at = now()
-                WHERE state = 'failed'
-                RETURNING 1
-            )
-            SELECT count(*) FROM requeued
             """
         )
         return Int(try rows.first?.decode(Int64.self) ?? 0)

@@ -11,7 +11,13 @@ public struct Queue: Sendable {
     var schema: String { database.schema }
     var logger: Logger { database.logger }
 
-    public init(database: Database) { self.database = database }
+    /// The application's SQL that receives each written batch of results (nil: the queue only).
+    public let target: WriteBackTarget?
+
+    public init(database: Database, target: WriteBackTarget? = nil) {
+        self.database = database
+        self.target = target
+    }
 
     /// Which of the rows `ids` a write-back statement changed (`rows` return their ids).
     func outcome(sent ids: [Int64], writtenRows rows: [PostgresRow]) throws -> WriteOutcome {

@@ -141,6 +141,17 @@ public enum Settings {
         group: .run,
         sources: .flagAndEnvironment
     )
+    public static let targetSQL = Setting(
+        "target-sql",
+        environment: "ENRICH_TARGET_SQL",
+        kind: .text(valueName: "sql"),
+        default: "—",
+        help: "SQL that receives each written batch of results in the same transaction as the queue: text arrays "
+            + "$1 OrganizationId, $2 UserId, $3 CustomerNumber, $4 PriceTier, $5 CurrencyCode (nulls kept), used as "
+            + "unnest($1::text[], ...); a job file gives it as \"target\": {\"sql\": ...}; checked before the run",
+        group: .run,
+        sources: .flagAndEnvironment
+    )
     public static let concurrency = Setting(
         "concurrency",
         environment: "ENRICH_CONCURRENCY",
@@ -313,7 +324,7 @@ public enum Settings {
         environment: "ENRICH_METRICS_PORT",
         kind: .count(0...65_535, valueName: "port"),
         default: "off",
-        help: "serve Prometheus metrics on this port at /metrics (0: any free port)",
+        help: "serve Prometheus metrics on this port at /metrics, and the status page at / (0: any free port)",
         group: .output,
         sources: .flagAndEnvironment
     )
@@ -321,8 +332,9 @@ public enum Settings {
         "metrics-host",
         environment: "ENRICH_METRICS_HOST",
         kind: .text(valueName: "address"),
-        default: "0.0.0.0",
-        help: "address the metrics endpoint binds",
+        default: "127.0.0.1",
+        help: "address the metrics endpoint and status page bind; any other than 127.0.0.1 exposes them: put "
+            + "authentication in front (README)",
         group: .output,
         sources: .flagAndEnvironment
     )
@@ -366,7 +378,8 @@ public enum Settings {
 
     /// The settings `enrich run` reads besides ``database``.
     public static let run: [any AnySetting] = [
-        apiURL, orgCode, clientID, clientSecret, requestTimeout, follow, solo, concurrency, rate, maxAttempts,
+        apiURL, orgCode, clientID, clientSecret, requestTimeout, follow, solo, targetSQL, concurrency, rate,
+        maxAttempts,
         claimBatch,
         maxTakeovers, lease, heartbeat, pollInterval, shutdownGrace, databaseOutageLimit, staleAfter, stallTimeout,
         retryBase, retryCap, writeBatch, maxPause, jobName, trigger, progress, progressLogInterval, metricsPort,

@@ -93,14 +93,37 @@ public struct AdaptiveRateController<Instant: InstantProtocol>: Sendable where I
     }
 
     /// A call was accepted (2xx or any non-429 answer).
-    public mutating func recordAccepted(now: Instant) {
-        let number = slotNumber(now)
+    public mutating func recordAccepted(now: Instant) { add(1, toSlot: slotNumber(now)) }
+
+    /// `count` calls were accepted between `start` and `now`, reported together (by the fleet's workers):
+    /// spread evenly over that time, so that reports in batches measure the same rate as single calls.
+    public mutating func recordAccepted(count: Int, from start: Instant, to now: Instant) {
+        guard count > 0 else { return }
+        let first = slotNumber(min(start, now))
+        let last = slotNumber(now)
+        let spanned = last - first + 1
+        for offset in 0..<spanned where first + offset > last - slots.count {
+            add(count * (offset + 1) / spanned - count * offset / spanned, toSlot: first + offset)
+        }
+    }
+
+    private mutating func add(_ count: Int, toSlot number: Int) {
         let index = number % slots.count
         if slots[index].number == number {
-            slots[index].count += 1
+            slots[index].count += count
         } else {
-            slots[index] = (number, 1)
+            slots[index] = (number, count)
         }
+    }
+
+    /// Takes over a rate and ceiling decided elsewhere (by the fleet's previous leader): holds them, and
+    /// probes upward only after `probeDelay`, as after a decrease.
+    public mutating func adopt(rate: Double?, ceiling: Double?, now: Instant) {
+        self.rate = rate.map(clamp) ?? configuration.maximumRate
+        self.ceiling = ceiling
+        isSlowStarting = false
+        lastDecrease = rate == nil ? nil : now
+        lastUpdate = now
     }
 
     /// A call sent at `sentAt` was answered 429 at `now`. Returns true when this lowered the rate (a new

@@ -9,9 +9,12 @@ import Logging
 /// the rate through ``AdaptiveRateController``; accepted calls let it climb back.
 ///
 /// In a fleet (a ``SharedSendBudget``), a known rate is the fleet's: send slots come from blocks reserved
-/// for the whole fleet (about a tenth of a second of the rate each), a 429 pauses the fleet, and without a
-/// known rate the throttle learns other workers' pauses every quarter second. When the budget cannot be
-/// reached, a worker keeps to its share of the rate (the rate over the live workers last seen).
+/// for the whole fleet (about a tenth of a second of the rate each), and a 429 pauses the fleet. Without a
+/// known rate, one worker of the fleet leads (``leadFleet()``): its controller is fed the calls the whole
+/// fleet reports accepted and its congestion events, and the rate it sets is the fleet's, shared through
+/// the budget; until there is one the throttle sends unlimited and learns the fleet's pauses every quarter
+/// second. When the budget cannot be reached, a worker keeps to its share of the rate (the rate over the
+/// live workers last seen).
 public actor Throttle<C: Clock> where C.Duration == Duration {
     public struct Configuration: Sendable {
         public var controller: AdaptiveRateController<C.Instant>.Configuration
@@ -53,6 +56,20 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
     private var lastPauseCheck: C.Instant?
     /// The fleet's congestion events this worker has slowed down for (nil: none seen yet).
     private var seenPauseEvents: Int64?
+    /// An adaptive fleet: the rate its leader set (nil: unlimited, or no leader).
+    private var sharedRate: Double?
+    /// When the budget last said another worker leads: this one tries for the lead only when no answer
+    /// within a lease said so.
+    private var otherLeadSeen: C.Instant?
+    /// Calls accepted since this worker last reported them to the budget.
+    private var unreported: Int64 = 0
+    /// While this worker leads an adaptive fleet: the controller fed by the whole fleet, and the fleet's
+    /// accepted calls and congestion events as it last read them.
+    private var lead: (controller: AdaptiveRateController<C.Instant>, accepted: Int64, events: Int64, at: C.Instant)?
+    private var leadTurnRunning = false
+    private var leadTurnAgain = false
+    /// When the last pause before the current one ended: what the server accepted since then is measured.
+    private var lastPauseEnd: C.Instant?
 
     /// - Parameter budget: the fleet's shared budget; nil for a process on its own.
     public init(configuration: Configuration = .init(), clock: C, logger: Logger, budget: (any SharedSendBudget)? = nil)
@@ -64,9 +81,23 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
         self.budget = budget
     }
 
+    /// Whether the rate is the fleet's adaptive one, set by its leader.
+    private var isFleetAdaptive: Bool { budget != nil && configuration.controller.maximumRate == nil }
+
     /// Waits for a send slot and returns the instant the call is sent (pass it back to ``throttled(sentAt:retryAfter:)``).
     public func acquire() async throws -> C.Instant {
-        if let budget, configuration.controller.maximumRate != nil { return try await acquireShared(budget) }
+        while true {
+            if let budget, configuration.controller.maximumRate != nil || sharedRate != nil {
+                if let sent = try await acquireShared(budget) { return sent }
+            } else if let sent = try await acquireLocal() {
+                return sent
+            }
+        }
+    }
+
+    /// A send slot paced by this process's controller (unlimited before a 429); nil when the fleet's
+    /// leader has set a shared rate meanwhile.
+    private func acquireLocal() async throws -> C.Instant? {
         while true {
             let now = clock.now
             if let pausedUntil, now < pausedUntil {
@@ -83,15 +114,20 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
                 // One look at the fleet's pause at a time; the other callers wait for it (at most a second).
                 lastPauseCheck = now
                 consultingBudget = true
+                let accepted = unreported
+                unreported = 0
                 do {
-                    let pause = try await budget.pause()
+                    let pause = try await budget.pause(accepted: accepted)
                     budgetRetryAt = nil
                     observeFleet(events: pause.events)
                     if pause.pausedFor > .zero { extendPause(until: clock.now.advanced(by: pause.pausedFor)) }
+                    if lead == nil { followLead(rate: pause.rate, hasLeader: pause.hasLeader) }
                 } catch {
+                    unreported += accepted
                     budgetRetryAt = clock.now.advanced(by: .seconds(1))
                 }
                 finishConsultingBudget()
+                if sharedRate != nil { return nil }
                 continue
             }
             guard let rate = controller.currentRate(now: now) else { return now }
@@ -106,10 +142,15 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
         }
     }
 
-    /// A send slot from the fleet's reserved blocks (known rate in a fleet).
-    private func acquireShared(_ budget: any SharedSendBudget) async throws -> C.Instant {
+    /// A send slot from the fleet's reserved blocks (a known or shared rate in a fleet); nil when an
+    /// adaptive fleet's rate became unlimited.
+    private func acquireShared(_ budget: any SharedSendBudget) async throws -> C.Instant? {
         while true {
             try Task.checkCancellation()
+            if isFleetAdaptive && sharedRate == nil {
+                block = nil
+                return nil
+            }
             let now = clock.now
             if let pausedUntil, now < pausedUntil {
                 try await clock.sleep(until: pausedUntil, tolerance: nil)
@@ -140,6 +181,14 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
                 await withCheckedContinuation { budgetWaiters.append($0) }
                 continue
             }
+            // The block is used up, but its last slot may still lie ahead: the next block is reserved only
+            // once it has come, so a worker never holds more than one block of the fleet's future (at a low
+            // rate a slot is a second or more; 32 callers each reserving their own would book half a minute
+            // ahead, and hold the fleet back there after the rate rose).
+            if let current = block, case let last = current.next.advanced(by: .zero - current.interval), last > now {
+                try await clock.sleep(until: last, tolerance: nil)
+                continue
+            }
             await reserve(from: budget)
         }
     }
@@ -148,7 +197,9 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
     private func reserve(from budget: any SharedSendBudget) async {
         consultingBudget = true
         defer { finishConsultingBudget() }
-        let rate = controller.currentRate(now: clock.now) ?? configuration.controller.maximumRate ?? 1
+        let rate =
+            (isFleetAdaptive ? sharedRate : controller.currentRate(now: clock.now))
+            ?? configuration.controller.maximumRate ?? 1
         let count = max(1, min(Int((rate / 10).rounded(.up)), 256))
         let interval = Duration.seconds(1 / rate)
         // Without the budget, blocks at this worker's share follow on from the last one.
@@ -157,11 +208,14 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
             block = (localStart, interval * fleetSize, count)
             return
         }
+        let accepted = unreported
+        unreported = 0
         do {
-            let reservation = try await budget.reserve(count: count, rate: rate)
+            let reservation = try await budget.reserve(count: count, rate: rate, accepted: accepted)
             let now = clock.now
             block = (now.advanced(by: reservation.startsIn), interval, count)
             fleetSize = max(1, reservation.liveWorkers)
+            if isFleetAdaptive && lead == nil { followLead(rate: reservation.rate, hasLeader: reservation.hasLeader) }
             observeFleet(events: reservation.pauseEvents)
             if reservation.pausedFor > .zero { extendPause(until: now.advanced(by: reservation.pausedFor)) }
             budgetRetryAt = nil
@@ -170,6 +224,7 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
                 logger.notice("the fleet's send budget answers again")
             }
         } catch {
+            unreported += accepted
             if !budgetFailing {
                 budgetFailing = true
                 logger.warning(
@@ -183,27 +238,30 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
     }
 
     /// A worker of the fleet announced a pause (LISTEN/NOTIFY): hold every call until it ends, and slow down
-    /// once if it is a new congestion event.
-    public func fleetPaused(_ pause: SharedPause) {
+    /// once if it is a new congestion event (in an adaptive fleet, its leader cuts the fleet's rate at once).
+    public func fleetPaused(_ pause: SharedPause) async {
         observeFleet(events: pause.events)
-        guard pause.pausedFor > .zero else { return }
-        let until = clock.now.advanced(by: pause.pausedFor)
-        if pausedUntil.map({ until > $0 }) ?? true {
-            pausedUntil = until
-            block = nil  // slots reserved for the paused time are not used
+        if pause.pausedFor > .zero {
+            let until = clock.now.advanced(by: pause.pausedFor)
+            if pausedUntil.map({ until > $0 }) ?? true {
+                extendPause(until: until)
+                block = nil  // slots reserved for the paused time are not used
+            }
         }
+        if let lead, pause.events > lead.events { await leadTurn() }
     }
 
-    /// Slows down once for each congestion event of the fleet that this worker did not meet itself, so that
-    /// the fleet as a whole slows down once per event, by the controller's factor.
+    /// With a known rate, slows down once for each congestion event of the fleet that this worker did not
+    /// meet itself, so that the fleet as a whole slows down once per event, by the controller's factor. (An
+    /// adaptive fleet's leader does that for everyone.)
     private func observeFleet(events: Int64) {
         defer { seenPauseEvents = max(seenPauseEvents ?? events, events) }
-        guard let seen = seenPauseEvents, events > seen else { return }
+        guard !isFleetAdaptive, let seen = seenPauseEvents, events > seen else { return }
         let now = clock.now
         if controller.recordThrottled(sentAt: now, now: now) {
             logger.notice(
                 "another worker of the fleet met a 429: slowing down with it",
-                metadata: ["rate": "\(controller.rate.map { "\(Int($0.rounded()))/s" } ?? "unlimited")"]
+                metadata: ["rate": "\(Self.describe(controller.rate))"]
             )
         }
     }
@@ -216,14 +274,102 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
     }
 
     private func extendPause(until: C.Instant) {
-        if pausedUntil.map({ until > $0 }) ?? true { pausedUntil = until }
+        guard pausedUntil.map({ until > $0 }) ?? true else { return }
+        if let ended = pausedUntil, ended <= clock.now { lastPauseEnd = ended }
+        pausedUntil = until
     }
 
     /// The call was accepted (anything but a 429).
     public func accepted() {
         controller.recordAccepted(now: clock.now)
         consecutivePauses = 0
+        if budget != nil { unreported += 1 }
     }
+
+    /// In an adaptive fleet, until cancelled: takes the lead of the fleet's rate when no live worker holds
+    /// it and, while leading, sets the rate every quarter second from the calls the whole fleet accepted and
+    /// its congestion events (one cut per event, one decision to raise for all). Returns at once otherwise.
+    public func leadFleet() async {
+        guard isFleetAdaptive else { return }
+        while !Task.isCancelled {
+            // A follower tries for the lead only when no answer from the budget within a lease said another
+            // worker holds it.
+            let leaderSeen = otherLeadSeen.map { $0.duration(to: clock.now) < .seconds(2) } ?? false
+            if lead != nil || !leaderSeen { await leadTurn() }
+            try? await clock.sleep(for: lead == nil ? .seconds(1) : .milliseconds(250), tolerance: nil)
+        }
+    }
+
+    /// One turn of the lead: renews it (or takes it), writes the rate decided at the previous turn, and
+    /// feeds what the fleet did since into the controller. A turn asked for while one runs follows it.
+    private func leadTurn() async {
+        guard let budget else { return }
+        if leadTurnRunning {
+            leadTurnAgain = true
+            return
+        }
+        leadTurnRunning = true
+        defer { leadTurnRunning = false }
+        repeat {
+            leadTurnAgain = false
+            var proposal: (rate: Double?, ceiling: Double?) = (nil, nil)
+            if var current = lead {
+                proposal = (current.controller.currentRate(now: clock.now), current.controller.ceiling)
+                lead = current
+            }
+            let answer: SharedLead?
+            do {
+                answer = try await budget.lead(rate: proposal.rate, ceiling: proposal.ceiling)
+            } catch {
+                return  // the lease decides who leads; this worker keeps its view until the budget answers
+            }
+            let now = clock.now
+            guard let answer else {
+                if lead != nil {
+                    lead = nil
+                    logger.notice("another worker of the fleet leads its rate now")
+                }
+                return
+            }
+            if answer.pausedFor > .zero { extendPause(until: now.advanced(by: answer.pausedFor)) }
+            guard var current = lead, answer.continued else {
+                var controller = AdaptiveRateController<C.Instant>(configuration: configuration.controller)
+                if !answer.stale { controller.adopt(rate: answer.rate, ceiling: answer.ceiling, now: now) }
+                lead = (controller, answer.accepted, answer.events, now)
+                sharedRate = controller.rate
+                logger.notice(
+                    "this worker leads the fleet's rate",
+                    metadata: ["rate": "\(Self.describe(controller.rate))", "adopted": "\(!answer.stale)"]
+                )
+                continue
+            }
+            current.controller.recordAccepted(count: Int(answer.accepted - current.accepted), from: current.at, to: now)
+            current.accepted = answer.accepted
+            current.at = now
+            var cut = false
+            if answer.events > current.events {
+                current.events = answer.events
+                cut = current.controller.recordThrottled(sentAt: now, now: now, activeSince: lastPauseEnd)
+            }
+            sharedRate = current.controller.currentRate(now: now)
+            lead = current
+            if cut {
+                logger.notice(
+                    "the fleet met a 429: its rate is cut once, for every worker",
+                    metadata: ["rate": "\(Self.describe(sharedRate))"]
+                )
+                leadTurnAgain = true  // store the cut at once
+            }
+        } while leadTurnAgain
+    }
+
+    /// A follower's view of the fleet's rate and its leader, from the budget's answer.
+    private func followLead(rate: Double?, hasLeader: Bool) {
+        sharedRate = rate
+        otherLeadSeen = hasLeader ? clock.now : nil
+    }
+
+    private static func describe(_ rate: Double?) -> String { rate.map { "\(Int($0.rounded()))/s" } ?? "unlimited" }
 
     /// The call sent at `sentAt` was answered 429.
     public func throttled(sentAt: C.Instant, retryAfter: Duration?) async {
@@ -245,13 +391,14 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
             // This worker's own cut stands for the event: note it as seen.
             if let events = try? await budget.pause(for: pause) {
                 seenPauseEvents = max(seenPauseEvents ?? events, events)
+                if let lead, events > lead.events { await leadTurn() }
             }
         }
         if newEvent {
             logger.notice(
                 "429 from the API: pausing all calls and slowing down",
                 metadata: [
-                    "pause": "\(pause)", "rate": "\(controller.rate.map { "\(Int($0.rounded()))/s" } ?? "unlimited")",
+                    "pause": "\(pause)", "rate": "\(Self.describe(controller.rate))",
                     "retry_after": "\(retryAfter.map { "\($0)" } ?? "absent")",
                 ]
             )
@@ -262,5 +409,11 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
     public func isPaused() -> Bool { pausedUntil.map { clock.now < $0 } ?? false }
 
     /// The current send rate (requests per second), nil when unlimited.
-    public func currentRate() -> Double? { controller.currentRate(now: clock.now) }
+    public func currentRate() -> Double? {
+        let local = controller.currentRate(now: clock.now)
+        return isFleetAdaptive ? sharedRate ?? local : local
+    }
+
+    /// Whether this worker leads its adaptive fleet's rate now.
+    public func isLeadingFleet() -> Bool { lead != nil }
 }

@@ -131,7 +131,10 @@ struct Pipeline<C: Clock>: Sendable where C.Duration == Duration {
                         services.addTask { await keep("lease keeper") { try await LeaseKeeper(parts: self).run() } }
                         services.addTask { await watchForShutdown() }
                         if configuration.follow { services.addTask { await listen() } }
-                        if let budget = pipeline.sendBudget { services.addTask { await listenForFleetPauses(budget) } }
+                        if let budget = pipeline.sendBudget {
+                            services.addTask { await listenForFleetPauses(budget) }
+                            services.addTask { await throttle.leadFleet() }
+                        }
                         if pipeline.onProgress != nil { services.addTask { await reportProgress() } }
                         await withTaskGroup(of: Void.self) { work in
                             work.addTask { await keep("claimer") { try await rows.runClaimer() } }

@@ -14,9 +14,16 @@ struct PostgresRunStore: RunStore {
 
     private var runID: Int64 { liveness.runID }
 
-    init(database: Database, liveness: RunLiveness, owner: String, configuration: WorkerConfiguration, logger: Logger) {
+    init(
+        database: Database,
+        liveness: RunLiveness,
+        owner: String,
+        configuration: WorkerConfiguration,
+        target: WriteBackTarget? = nil,
+        logger: Logger
+    ) {
         self.database = database
-        self.queue = Queue(database: database)
+        self.queue = Queue(database: database, target: target)
         self.jobRuns = JobRuns(database: database)
         self.liveness = liveness
         self.guardian = DatabaseGuard(limit: configuration.databaseOutageLimit, database: database, logger: logger)

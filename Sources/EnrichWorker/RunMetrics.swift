@@ -31,6 +31,7 @@ public final class RunMetrics: Sendable {
     private let fleetTokenExpiresIn: Gauge
     private let fleetLoginsLastHour: Gauge
     private let fleetPaused: Gauge
+    private let fleetSharedRate: Gauge
     private let loginsReported = Mutex(0)
 
     static let callOutcomes = [
@@ -80,6 +81,7 @@ public final class RunMetrics: Sendable {
         fleetTokenExpiresIn = Gauge(label: "enrich_fleet_token_expires_in_seconds", factory: factory)
         fleetLoginsLastHour = Gauge(label: "enrich_fleet_logins_last_hour", factory: factory)
         fleetPaused = Gauge(label: "enrich_fleet_paused_seconds", factory: factory)
+        fleetSharedRate = Gauge(label: "enrich_fleet_shared_rate", factory: factory)
     }
 
     /// The Prometheus-style name of an API error code (`serverError` → `server_error`).
@@ -136,5 +138,7 @@ public final class RunMetrics: Sendable {
             fleetLoginsLastHour.record(token.loginsLastHour)
         }
         fleetPaused.record(fleet.budgets.map(\.pausedForSeconds).max() ?? 0)
+        // 0 while unlimited (no 429 yet) or while no leader is alive.
+        fleetSharedRate.record(fleet.budgets.compactMap(\.sharedRate).min() ?? 0)
     }
 }

@@ -14,11 +14,14 @@ public struct Worker: Service {
     private let api: any EnrichmentAPI
     private let tokens: any TokenProvider
     private let sendBudget: (any SharedSendBudget)?
+    private let target: WriteBackTarget?
     private let logger: Logger
     private let accounting: RunAccounting
     private let onProgress: (@Sendable (WorkerProgress) -> Void)?
     private let onStopDeadline: (@Sendable (StuckStop) -> Void)?
 
+    /// - Parameter target: the application's SQL that receives each written batch of results, in the same
+    ///   transaction as the queue's write-back.
     /// - Parameter onStopDeadline: called when a stopping run is still not gone at its stop deadline
     ///   (shutdown grace + a few seconds), after the run's end was recorded; the command line exits the
     ///   process there, leaving the rows still held to be taken over by the next run.
@@ -28,6 +31,7 @@ public struct Worker: Service {
         api: any EnrichmentAPI,
         tokens: any TokenProvider,
         sendBudget: (any SharedSendBudget)? = nil,
+        target: WriteBackTarget? = nil,
         logger: Logger,
         metrics: RunMetrics = RunMetrics(),
         onProgress: (@Sendable (WorkerProgress) -> Void)? = nil,
@@ -38,6 +42,7 @@ public struct Worker: Service {
         self.api = api
         self.tokens = tokens
         self.sendBudget = sendBudget
+        self.target = target
         self.logger = logger
         self.accounting = RunAccounting(metrics: metrics)
         self.onProgress = onProgress
@@ -88,6 +93,7 @@ public struct Worker: Service {
                 liveness: liveness,
                 owner: "\(host):\(pid):run-\(runID)",
                 configuration: configuration,
+                target: target,
                 logger: logger
             )
             let pipeline = Pipeline(

@@ -256,7 +256,7 @@ struct FleetTests {
         try await TestDatabase.withFreshSchema { database in
             let limiter = FleetLimiter(database: database, key: "http://api.test")
             try await limiter.prepare()
-            let budget = PostgresSendBudget(limiter: limiter)
+            let budget = PostgresSendBudget(limiter: limiter, owner: "test")
             let throttles = (0..<3).map { _ in
                 Throttle(
                     configuration: .init(controller: .init(maximumRate: 60)),
@@ -301,7 +301,9 @@ struct FleetTests {
             #expect(first == 1, "a first pause is a new congestion event")
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask {
-                    try await PostgresSendBudget(limiter: limiter).listenForPauses { announced.continuation.yield($0) }
+                    try await PostgresSendBudget(limiter: limiter, owner: "test").listenForPauses {
+                        announced.continuation.yield($0)
+                    }
                 }
                 group.addTask {
                     // LISTEN takes a moment to be in place: announce until it is heard, then give up.
@@ -326,7 +328,7 @@ struct FleetTests {
         try await TestDatabase.withFreshSchema { database in
             let limiter = FleetLimiter(database: database, key: "http://api.test")
             try await limiter.prepare()
-            let budget = PostgresSendBudget(limiter: limiter)
+            let budget = PostgresSendBudget(limiter: limiter, owner: "test")
             let first = Throttle(clock: ContinuousClock(), logger: quietLogger, budget: budget)
             let second = Throttle(clock: ContinuousClock(), logger: quietLogger, budget: budget)
             _ = try await second.acquire()
@@ -338,6 +340,78 @@ struct FleetTests {
             let waited = before.duration(to: .now)
             #expect(waited >= .milliseconds(1200), "the other worker paused too (waited \(waited))")
             #expect(waited < .seconds(5))
+        }
+    }
+
+    @Test(
+        "three adaptive workers over PostgreSQL: one leads, a 429 cuts the fleet's rate once and all follow it, the lead passes on within 3 s"
+    )
+    func oneLeaderOverPostgres() async throws {
+        try await TestDatabase.withFreshSchema { database in
+            let limiter = FleetLimiter(database: database, key: "http://api.test")
+            try await limiter.prepare()
+            let throttles = (0..<3).map { index in
+                Throttle(
+                    clock: ContinuousClock(),
+                    logger: quietLogger,
+                    budget: PostgresSendBudget(limiter: limiter, owner: "worker \(index)")
+                )
+            }
+            func leaders() async -> [Bool] {
+                var leading: [Bool] = []
+                for throttle in throttles { leading.append(await throttle.isLeadingFleet()) }
+                return leading
+            }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                let first = Task { await throttles[0].leadFleet() }
+                try await Task.sleep(for: .milliseconds(300))
+                for throttle in throttles.dropFirst() { group.addTask { await throttle.leadFleet() } }
+                // Each worker sends and is accepted at about 50/s for 1.5 s: the fleet at about 150/s.
+                try await withThrowingTaskGroup(of: Void.self) { traffic in
+                    for throttle in throttles {
+                        traffic.addTask {
+                            for _ in 0..<75 {
+                                _ = try await throttle.acquire()
+                                await throttle.accepted()
+                                try await Task.sleep(for: .milliseconds(20))
+                            }
+                        }
+                    }
+                    try await traffic.waitForAll()
+                }
+                #expect(await leaders() == [true, false, false], "the first worker leads, alone")
+                let sentAt = ContinuousClock.now
+                for throttle in throttles { await throttle.throttled(sentAt: sentAt, retryAfter: .seconds(1)) }
+                let status = try await FleetStatus.read(database)
+                let budget = try #require(status.budgets.first)
+                #expect(budget.pauses == 1, "three workers' 429s are one congestion event")
+                let rate = try #require(budget.sharedRate, "the leader set the fleet's rate at the 429")
+                #expect(rate > 40 && rate < 200, "cut from the fleet's accepted rate (~150/s), not a share: \(rate)")
+                #expect(budget.leader == "worker 0" && budget.rateChanges >= 1, "cut by the leader")
+                try await Task.sleep(for: .milliseconds(1100))  // the pause
+                for throttle in throttles.dropFirst() {
+                    _ = try await throttle.acquire()
+                    let followed = try #require(await throttle.currentRate())
+                    #expect(abs(followed - rate) < rate * 0.2, "a follower sends at the fleet's rate: \(followed)")
+                }
+                first.cancel()
+                await first.value
+                let lost = ContinuousClock.now
+                var taken: Duration?
+                while lost.duration(to: .now) < .seconds(5) {
+                    if await leaders().dropFirst().contains(true) {
+                        taken = lost.duration(to: .now)
+                        break
+                    }
+                    try await Task.sleep(for: .milliseconds(50))
+                }
+                let takeover = try #require(taken, "no worker took the lead within 5 s")
+                #expect(takeover <= .seconds(3), "the lead passed on in \(takeover)")
+                let after = try #require(try await FleetStatus.read(database).budgets.first)
+                #expect(after.leader?.hasPrefix("worker ") == true && after.leader != "worker 0")
+                #expect(after.sharedRate.map { abs($0 - rate) < rate * 0.3 } == true, "the rate goes on: \(after)")
+                group.cancelAll()
+            }
         }
     }
 

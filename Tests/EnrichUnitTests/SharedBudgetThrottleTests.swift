@@ -18,6 +18,12 @@ struct SharedBudgetThrottleTests {
             var failing = false
             var reservations = 0
             var events: Int64 = 0
+            var accepted: Int64 = 0
+            var rate: Double?
+            var ceiling: Double?
+            var leader: String?
+            var leaderUntil: ManualClock.Instant?
+            var furthestStart: Duration = .zero
         }
 
         private let clock: ManualClock
@@ -30,22 +36,33 @@ struct SharedBudgetThrottleTests {
         }
 
         var reservations: Int { state.withLock { $0.reservations } }
+        /// The furthest ahead of its time a reservation started.
+        var furthestStart: Duration { state.withLock { $0.furthestStart } }
         func fail(_ failing: Bool) { state.withLock { $0.failing = failing } }
 
-        func reserve(count: Int, rate: Double) async throws -> SharedReservation {
+        /// The rate as workers follow it (the lead is held by a budget's owner).
+        var sharedRate: Double? { state.withLock { $0.rate } }
+        var leader: String? { state.withLock { $0.leader } }
+        var accepted: Int64 { state.withLock { $0.accepted } }
+
+        func reserve(count: Int, rate: Double, accepted: Int64) async throws -> SharedReservation {
             let now = clock.now
             return try state.withLock { state in
                 if state.failing { throw CancellationError() }
+                state.accepted += accepted
                 var start = max(state.tat ?? now, now.advanced(by: .seconds(-1 / rate)))
                 if let paused = state.pausedUntil { start = max(start, paused) }
                 state.tat = start.advanced(by: .seconds(Double(count) / rate))
                 state.reservations += 1
+                state.furthestStart = max(state.furthestStart, now.duration(to: start))
                 let paused = state.pausedUntil.map { max(now.duration(to: $0), .zero) } ?? .zero
                 return SharedReservation(
                     startsIn: now.duration(to: start),
                     pausedFor: paused,
                     liveWorkers: liveWorkers,
-                    pauseEvents: state.events
+                    pauseEvents: state.events,
+                    rate: state.rate,
+                    hasLeader: state.leaderUntil.map { $0 >= now } ?? false
                 )
             }
         }
@@ -64,15 +81,73 @@ struct SharedBudgetThrottleTests {
             try await clock.sleep(for: .seconds(86_400))
         }
 
-        func pause() async throws -> SharedPause {
+        func pause(accepted: Int64) async throws -> SharedPause {
             let now = clock.now
-            return state.withLock {
-                SharedPause(
+            return try state.withLock {
+                if $0.failing { throw CancellationError() }
+                $0.accepted += accepted
+                return SharedPause(
                     pausedFor: $0.pausedUntil.map { max(now.duration(to: $0), .zero) } ?? .zero,
-                    events: $0.events
+                    events: $0.events,
+                    rate: $0.rate,
+                    hasLeader: $0.leaderUntil.map { $0 >= now } ?? false
                 )
             }
         }
+
+        func pause() async throws -> SharedPause { try await pause(accepted: 0) }
+
+        /// Calls accepted by workers not under test, as they report them.
+        func report(accepted: Int64) { state.withLock { $0.accepted += accepted } }
+
+        /// The lead as `FleetLimiter.lead` takes it, for the owner `owner`.
+        func lead(owner: String, rate: Double?, ceiling: Double?) throws -> SharedLead? {
+            let now = clock.now
+            return try state.withLock { state in
+                if state.failing { throw CancellationError() }
+                let free = state.leader == nil || state.leaderUntil.map { $0 < now } ?? true
+                guard state.leader == owner || free else { return nil }
+                let continued = state.leader == owner
+                if continued {
+                    state.rate = rate
+                    state.ceiling = ceiling
+                }
+                state.leader = owner
+                state.leaderUntil = now.advanced(by: .seconds(2))
+                return SharedLead(
+                    continued: continued,
+                    stale: false,
+                    accepted: state.accepted,
+                    events: state.events,
+                    pausedFor: state.pausedUntil.map { max(now.duration(to: $0), .zero) } ?? .zero,
+                    rate: state.rate,
+                    ceiling: state.ceiling
+                )
+            }
+        }
+
+        func lead(rate: Double?, ceiling: Double?) async throws -> SharedLead? {
+            try lead(owner: "worker", rate: rate, ceiling: ceiling)
+        }
+
+        /// One worker's view of the budget: the same row, its own lead owner.
+        struct Worker: SharedSendBudget {
+            let budget: MemoryBudget
+            let owner: String
+            func reserve(count: Int, rate: Double, accepted: Int64) async throws -> SharedReservation {
+                try await budget.reserve(count: count, rate: rate, accepted: accepted)
+            }
+            func pause(for duration: Duration) async throws -> Int64 { try await budget.pause(for: duration) }
+            func pause(accepted: Int64) async throws -> SharedPause { try await budget.pause(accepted: accepted) }
+            func listenForPauses(_ onPause: @escaping @Sendable (SharedPause) -> Void) async throws {
+                try await budget.listenForPauses(onPause)
+            }
+            func lead(rate: Double?, ceiling: Double?) async throws -> SharedLead? {
+                try budget.lead(owner: owner, rate: rate, ceiling: ceiling)
+            }
+        }
+
+        func worker(_ owner: String) -> Worker { Worker(budget: self, owner: owner) }
     }
 
     static func throttle(_ clock: ManualClock, _ budget: MemoryBudget, rate: Double?) -> Throttle<ManualClock> {
@@ -124,6 +199,17 @@ struct SharedBudgetThrottleTests {
         for (earlier, later) in zip(sent, sent.dropFirst(2)) {
             #expect(earlier.duration(to: later) >= .milliseconds(190), "never two sends closer than the rate allows")
         }
+    }
+
+    @Test("at a low rate, 16 callers do not book the fleet's future: a worker holds one block ahead at most")
+    func noBookingAhead() async {
+        let clock = ManualClock()
+        let budget = MemoryBudget(clock: clock)
+        let throttle = Self.throttle(clock, budget, rate: 2)
+        let sent = await Self.acquire(16, from: [throttle], clock: clock)
+        let span = sent.first!.duration(to: sent.last!)
+        #expect(span >= .milliseconds(7_400) && span <= .milliseconds(8_000), "16 sends at 2/s took \(span)")
+        #expect(budget.furthestStart <= .milliseconds(500), "booked \(budget.furthestStart) ahead")
     }
 
     @Test("a fleet pause holds every send of a worker that did not see the 429 itself")
@@ -201,6 +287,66 @@ struct SharedBudgetThrottleTests {
         let span = sent.first!.duration(to: sent.last!)
         // 20/s shared by 4 workers: 5/s for this one, so 21 sends span 4 s.
         #expect(span >= .milliseconds(3_800) && span <= .milliseconds(4_400), "21 sends took \(span)")
+    }
+
+    @Test(
+        "an adaptive fleet has one leader: a 429 cuts the fleet's rate once from fleet-wide counts, every worker follows it, it climbs back once for all, and a new leader takes over"
+    )
+    func oneLeaderForTheFleet() async throws {
+        let clock = ManualClock()
+        let budget = MemoryBudget(clock: clock, liveWorkers: 2)
+        func worker(_ name: String) -> Throttle<ManualClock> {
+            Throttle(clock: clock, logger: Self.quiet, budget: budget.worker(name))
+        }
+        let (first, second) = (worker("first"), worker("second"))
+        /// The fleet accepts `rate` calls per second for `seconds`, reported every tenth of a second.
+        func traffic(_ rate: Double, for seconds: Double, sleepers: Int) async {
+            for _ in 0..<Int(seconds * 10) {
+                budget.report(accepted: Int64(rate / 10))
+                clock.advance(by: .milliseconds(100))
+                await clock.waitForSleepers(sleepers)
+            }
+        }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            let firstLeads = Task { await first.leadFleet() }
+            await clock.waitForSleepers(1)
+            group.addTask { await second.leadFleet() }
+            await clock.waitForSleepers(2)
+            #expect(budget.leader == "first" && budget.sharedRate == nil, "one leader; unlimited before any 429")
+            let (firstLeading, secondLeading) = (await first.isLeadingFleet(), await second.isLeadingFleet())
+            #expect(firstLeading && !secondLeading)
+
+            await traffic(200, for: 2, sleepers: 2)
+            let sentAt = clock.now
+            await first.throttled(sentAt: sentAt, retryAfter: .seconds(1))
+            await second.throttled(sentAt: sentAt, retryAfter: .seconds(1))
+            let cut = try #require(budget.sharedRate, "the leader set the fleet's rate at the 429")
+            #expect(cut > 150 && cut < 200, "cut once from the fleet's 200/s, not this worker's share: \(cut)")
+            #expect(try await budget.pause().events == 1, "two workers' 429s, one congestion event")
+            await traffic(0, for: 1, sleepers: 2)  // the pause
+            #expect(try #require(budget.sharedRate) >= cut, "no second cut for the same event")
+
+            await traffic(cut, for: 3, sleepers: 2)
+            let raised = try #require(budget.sharedRate)
+            #expect(
+                raised > cut * 1.03,
+                "the leader raised the fleet's rate back toward its ceiling: \(cut) → \(raised)"
+            )
+            _ = try await second.acquire()
+            #expect(await second.currentRate() == raised, "a follower sends at the leader's rate")
+
+            firstLeads.cancel()
+            await firstLeads.value
+            await traffic(raised, for: 3.5, sleepers: 1)
+            #expect(budget.leader == "second", "the lead passes on when its lease runs out")
+            #expect(await second.isLeadingFleet())
+            let adopted = try #require(budget.sharedRate)
+            #expect(
+                abs(adopted - raised) < raised * 0.05,
+                "the new leader goes on from the fleet's rate: \(raised) → \(adopted)"
+            )
+            group.cancelAll()
+        }
     }
 
     typealias Instant = ManualClock.Instant

@@ -39,6 +39,24 @@ public struct StatusReport: Codable, Sendable {
         }
     }
 
+    /// The queue, the fleet and the `limit` most recent runs (of `job`, or of every job) as they are now.
+    public static func read(_ db: Database, limit: Int = 10, job: String? = nil) async throws -> StatusReport {
+        let queue = Queue(database: db)
+        let jobRuns = JobRuns(database: db)
+        try await queue.compactCounts()
+        let runs = try await jobRuns.recent(limit: limit, jobName: job)
+        let running = try await jobRuns.runningIDs()
+        let dead = try await jobRuns.deadRuns(among: running)
+        return StatusReport(
+            schema: db.configuration.schema,
+            queue: try await queue.counts(),
+            fleet: try await FleetStatus.read(db, dead: dead),
+            runs: runs,
+            dead: dead,
+            now: try await jobRuns.now()
+        )
+    }
+
     public init(
         schema: String,
         queue: QueueCounts,
@@ -130,6 +148,10 @@ public struct StatusReport: Codable, Sendable {
         for budget in fleet.budgets {
             var line = "  send budget \(budget.api): \(budget.slotsReserved) slots in \(budget.reservations) blocks"
             line += ", \(budget.pauses) pause\(budget.pauses == 1 ? "" : "s") after 429s"
+            if let leader = budget.leader {
+                let rate = budget.sharedRate.map { "\(Int($0.rounded()))/s" } ?? "unlimited"
+                line += "; shared rate \(rate) set by \(leader)"
+            }
             if budget.pausedForSeconds > 0 { line += "; PAUSED for \(DurationText.format(budget.pausedForSeconds))" }
             lines.append(line)
         }
