@@ -96,7 +96,7 @@ struct StatusCommand: AsyncParsableCommand {
             while !Task.isCancelled {
                 let text = try await StatusReport.read(db, limit: limit, job: job).text()
                 let stamp = Date().formatted(.iso8601)
-                let footer = "\(stamp) · refreshed every \(DurationText.format(interval.inSeconds)) · Ctrl-C to stop"
+                let footer = "\(stamp) · refreshed every \(String(format: "%g", interval.inSeconds)) s · Ctrl-C to stop"
                 // Written whole, unbuffered: the screen is never seen half drawn.
                 let screen =
                     terminal ? "\u{1B}[H\u{1B}[2J" + text + "\n\n" + footer + "\n" : text + "\n" + footer + "\n\n"

@@ -78,7 +78,7 @@ struct LineChart {
             return ["x": Self.format(x(value)), "label": "\(Self.short(value)) s"]
         }
         let legend: [[String: Any]] = lines.enumerated().map { index, line in
-            ["color": line.color, "label": line.label, "x": Self.format(Self.margin.left + 8 + Double(index) * 120)]
+            ["color": line.color, "label": line.label, "x": Self.format(Self.margin.left + 8 + Double(index) * 170)]
         }
         return [
             "width": Self.format(Self.width), "height": Self.format(Self.height), "lines": polylines,

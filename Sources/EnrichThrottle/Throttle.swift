@@ -337,7 +337,7 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
                 if !answer.stale { controller.adopt(rate: answer.rate, ceiling: answer.ceiling, now: now) }
                 lead = (controller, answer.accepted, answer.events, now)
                 sharedRate = controller.rate
-                logger.notice(
+                logger.info(
                     "this worker leads the fleet's rate",
                     metadata: ["rate": "\(Self.describe(controller.rate))", "adopted": "\(!answer.stale)"]
                 )

@@ -318,6 +318,10 @@ struct JobRunTests {
                 try await Task.sleep(for: .milliseconds(200))
             }
             for line in expected { #expect(body.contains(line), "\(line) missing from:\n\(body)") }
+            // The status page is served next to the metrics.
+            let page = try await HTTPClient.shared.get(url: url.replacingOccurrences(of: "/metrics", with: "/")).get()
+            let html = page.body.map { String(buffer: $0) } ?? ""
+            #expect(page.status == .ok && html.contains("<title>enrich · ") && html.contains("Failures by reason (4 rows)"))
 
             child.signal(SIGTERM)
             let status = try await child.wait()

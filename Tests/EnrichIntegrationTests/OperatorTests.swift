@@ -105,6 +105,23 @@ struct OperatorTests {
         #expect(usage == 64)
     }
 
+    @Test("status --watch redraws the table every interval until stopped (one table after another off a terminal)")
+    func statusWatch() async throws {
+        let database = try TestDatabase.require()
+        try await WorkerHarness.enqueue(WorkerHarness.pairs(3), into: database)
+        let child = try EnrichProcess.start(
+            ["status", "--watch", "0.3"],
+            environment: try WorkerProcessTests.environment(database, baseURL: "http://127.0.0.1:9")
+        )
+        try await Task.sleep(for: .milliseconds(1_800))
+        #expect(child.process.isRunning, "it keeps watching")
+        child.signal(SIGINT)
+        _ = try await child.wait(timeout: .seconds(10))
+        let tables = child.standardOutput.components(separatedBy: "queue (").count - 1
+        #expect(tables >= 3, "\(tables) tables in 1.8 s at 0.3 s:\n\(child.standardOutput)")
+        #expect(child.standardOutput.contains("3 pending") && child.standardOutput.contains("refreshed every 0.3 s"))
+    }
+
     @Test("the status page over HTTP: queue, runs, failures and charts from the database, every value escaped")
     func statusPage() async throws {
         let database = try TestDatabase.require()

@@ -72,6 +72,43 @@ struct CLIParsingTests {
             try EnrichCommand.parseAsRoot(["enqueue", "a.csv", "--from-sql", "SELECT 1, 2"])
         }
         #expect(throws: Never.self) { try EnrichCommand.parseAsRoot(["enqueue", "-"]) }
+        #expect(throws: Never.self) { try EnrichCommand.parseAsRoot(["enqueue", "--org", "o", "--user", "u"]) }
+        for wrong in [["--org", "o"], ["--org", "o", "--user", "u", "a.csv"], ["--org", " ", "--user", "u"]] {
+            #expect(throws: (any Error).self, "\(wrong)") { try EnrichCommand.parseAsRoot(["enqueue"] + wrong) }
+        }
+    }
+
+    @Test("status --watch takes optional seconds; failures and requeue take the same filters")
+    func watchAndFilters() throws {
+        #expect(throws: Never.self) { try EnrichCommand.parseAsRoot(["status", "--watch"]) }
+        #expect(throws: Never.self) { try EnrichCommand.parseAsRoot(["status", "--watch", "5"]) }
+        for wrong in [["status", "5"], ["status", "--watch", "0"], ["status", "--watch", "--json"]] {
+            #expect(throws: (any Error).self, "\(wrong)") { try EnrichCommand.parseAsRoot(wrong) }
+        }
+        let requeue = try #require(
+            try EnrichCommand.parseAsRoot(["requeue", "--run", "4", "--org", "o", "--reason", "400", "--dry-run"])
+                as? RequeueCommand
+        )
+        #expect(requeue.filters.filter == FailureFilter(run: 4, organization: "o", reason: "400") && requeue.dryRun)
+        #expect(throws: (any Error).self) { try EnrichCommand.parseAsRoot(["failures", "--limit", "0"]) }
+    }
+
+    @Test("the terminal display: a log line goes above the bar, whole, and the bar is redrawn below it")
+    func terminalDisplay() {
+        let written = Locked<[String]>([])
+        let display = TerminalDisplay { text in written.withLock { $0.append(text) } }
+        display.log("before\n")
+        display.showBar("[██░░] 50%")
+        display.log("a notice\n")
+        display.endBar()
+        display.log("after\n")
+        let clear = "\r\u{1B}[2K"
+        #expect(
+            written.withLock { $0 }
+                == ["before\n", clear + "[██░░] 50%", clear + "a notice\n" + "[██░░] 50%", "\n", "after\n"]
+        )
+        #expect(TerminalDisplay.fit(String(repeating: "x", count: 200), columns: 80).count == 79)
+        #expect(TerminalDisplay.fit("short", columns: 80) == "short")
     }
 
     @Test("the command line adds what to do to a library's error: an unmigrated schema says to run enrich migrate")

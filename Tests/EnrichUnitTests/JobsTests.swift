@@ -25,8 +25,11 @@ struct JobDefinitionTests {
                 "api-url": "http://sim:8080",
             ]
         )
+        #expect(job.target == nil)
         let queued = try parse(#"{"source": "queue"}"#, path: "/etc/enrich/jobs/drain.json")
         #expect(queued.source == .queue && queued.name == "drain" && queued.settings.isEmpty)
+        let targeted = try parse(#"{"source": "queue", "target": {"sql": "UPDATE app.t SET c = 1"}}"#)
+        #expect(targeted.target == "UPDATE app.t SET c = 1")
     }
 
     @Test(
@@ -44,6 +47,9 @@ struct JobDefinitionTests {
             (#"{"source": {"sql": "  "}}"#, "jobs/nightly.json: source.sql: expected a non-empty SELECT"),
             (#"{"source": {"sql": "SELECT 1", "table": "x"}}"#, "jobs/nightly.json: source.table: unknown key"),
             (#"{"concurrency": 4}"#, "jobs/nightly.json: source: missing"),
+            (#"{"source": "queue", "target": "UPDATE t"}"#, #"jobs/nightly.json: target: expected {"sql": "..."}"#),
+            (#"{"source": "queue", "target": {"sql": ""}}"#, "jobs/nightly.json: target.sql: expected a non-empty SQL"),
+            (#"{"source": "queue", "target": {"sql": "x", "db": 1}}"#, "jobs/nightly.json: target.db: unknown key"),
             (#"["queue"]"#, "jobs/nightly.json: expected a JSON object at the top level"),
             (#"{"source": "queue"\n "concurrency": 4}"#, "jobs/nightly.json:1: not valid JSON"),
         ]

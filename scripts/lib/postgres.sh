@@ -28,6 +28,17 @@ ensure_postgres_installed() {
     postgres_bindir >/dev/null
 }
 
+# Installs a Debian package with apt-get (root only), for a tool the tests or scripts need.
+install_package() {
+    echo "$1 not found; installing it with apt-get (needs root)..." >&2
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "error: $1 is not installed and this is not root: run 'sudo apt-get install -y $1'." >&2
+        return 1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >&2 \
+        || { DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >&2; }
+}
+
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()' 2>/dev/null \
         || echo $((20000 + RANDOM % 20000))
