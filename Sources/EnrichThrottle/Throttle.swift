@@ -65,11 +65,15 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
     private var unreported: Int64 = 0
     /// While this worker leads an adaptive fleet: the controller fed by the whole fleet, and the fleet's
     /// accepted calls and congestion events as it last read them.
-    private var lead: (controller: AdaptiveRateController<C.Instant>, accepted: Int64, events: Int64, at: C.Instant)?
+    private var lead: FleetLead?
     private var leadTurnRunning = false
     private var leadTurnAgain = false
     /// When the last pause before the current one ended: what the server accepted since then is measured.
     private var lastPauseEnd: C.Instant?
+    /// The run is stopping: no caller waits for a send slot any more (``stopWaiting()``).
+    private var stopping = false
+    /// Calls this worker reported accepted to the budget, in total (a leader tells them from the others').
+    private var reportedByMe: Int64 = 0
 
     /// - Parameter budget: the fleet's shared budget; nil for a process on its own.
     public init(configuration: Configuration = .init(), clock: C, logger: Logger, budget: (any SharedSendBudget)? = nil)
@@ -81,11 +85,39 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
         self.budget = budget
     }
 
+    /// What a leader of an adaptive fleet keeps between its turns.
+    private struct FleetLead {
+        /// Fed with this worker's accepted calls as they happen and the others' as the budget row reports them.
+        var controller: AdaptiveRateController<C.Instant>
+        /// The fleet's accepted total, this worker's reported total and the congestion events at the last turn.
+        var accepted: Int64
+        var mine: Int64
+        var events: Int64
+        var at: C.Instant
+    }
+
     /// Whether the rate is the fleet's adaptive one, set by its leader.
     private var isFleetAdaptive: Bool { budget != nil && configuration.controller.maximumRate == nil }
 
+    /// The run is stopping: every caller waiting for a send slot (or for a pause to end) gives up within a
+    /// tenth of a second with `CancellationError`, and later callers at once: a call not sent yet is not
+    /// worth the shutdown grace (its row goes back unstarted).
+    public func stopWaiting() {
+        stopping = true
+        finishConsultingBudget()
+    }
+
+    /// Sleeps until `deadline`, in steps of at most a tenth of a second so that ``stopWaiting()`` is heard.
+    private func wait(until deadline: C.Instant) async throws {
+        while clock.now < deadline {
+            if stopping { throw CancellationError() }
+            try await clock.sleep(until: min(deadline, clock.now.advanced(by: .milliseconds(100))), tolerance: nil)
+        }
+    }
+
     /// Waits for a send slot and returns the instant the call is sent (pass it back to ``throttled(sentAt:retryAfter:)``).
     public func acquire() async throws -> C.Instant {
+        if stopping { throw CancellationError() }
         while true {
             if let budget, configuration.controller.maximumRate != nil || sharedRate != nil {
                 if let sent = try await acquireShared(budget) { return sent }
@@ -99,9 +131,10 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
     /// leader has set a shared rate meanwhile.
     private func acquireLocal() async throws -> C.Instant? {
         while true {
+            if stopping { throw CancellationError() }
             let now = clock.now
             if let pausedUntil, now < pausedUntil {
-                try await clock.sleep(until: pausedUntil, tolerance: nil)
+                try await wait(until: pausedUntil)
                 continue
             }
             if budget != nil && consultingBudget {
@@ -118,6 +151,7 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
                 unreported = 0
                 do {
                     let pause = try await budget.pause(accepted: accepted)
+                    reportedByMe += accepted
                     budgetRetryAt = nil
                     observeFleet(events: pause.events)
                     if pause.pausedFor > .zero { extendPause(until: clock.now.advanced(by: pause.pausedFor)) }
@@ -136,7 +170,7 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
             let slot = max(nextSlot ?? now, now.advanced(by: .zero - interval))
             nextSlot = slot.advanced(by: interval)
             if slot <= now { return now }
-            try await clock.sleep(until: slot, tolerance: nil)
+            try await wait(until: slot)
             if let pausedUntil, clock.now < pausedUntil { continue }
             return clock.now
         }
@@ -147,13 +181,14 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
     private func acquireShared(_ budget: any SharedSendBudget) async throws -> C.Instant? {
         while true {
             try Task.checkCancellation()
+            if stopping { throw CancellationError() }
             if isFleetAdaptive && sharedRate == nil {
                 block = nil
                 return nil
             }
             let now = clock.now
             if let pausedUntil, now < pausedUntil {
-                try await clock.sleep(until: pausedUntil, tolerance: nil)
+                try await wait(until: pausedUntil)
                 continue
             }
             if var current = block, current.remaining > 0 {
@@ -173,7 +208,7 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
                 current.next = slot.advanced(by: current.interval)
                 current.remaining -= 1
                 block = current
-                if slot > now { try await clock.sleep(until: slot, tolerance: nil) }
+                if slot > now { try await wait(until: slot) }
                 if let pausedUntil, clock.now < pausedUntil { continue }
                 return clock.now
             }
@@ -186,7 +221,7 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
             // rate a slot is a second or more; 32 callers each reserving their own would book half a minute
             // ahead, and hold the fleet back there after the rate rose).
             if let current = block, case let last = current.next.advanced(by: .zero - current.interval), last > now {
-                try await clock.sleep(until: last, tolerance: nil)
+                try await wait(until: last)
                 continue
             }
             await reserve(from: budget)
@@ -212,6 +247,7 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
         unreported = 0
         do {
             let reservation = try await budget.reserve(count: count, rate: rate, accepted: accepted)
+            reportedByMe += accepted
             let now = clock.now
             block = (now.advanced(by: reservation.startsIn), interval, count)
             fleetSize = max(1, reservation.liveWorkers)
@@ -281,9 +317,13 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
 
     /// The call was accepted (anything but a 429).
     public func accepted() {
-        controller.recordAccepted(now: clock.now)
+        let now = clock.now
+        controller.recordAccepted(now: now)
         consecutivePauses = 0
-        if budget != nil { unreported += 1 }
+        guard budget != nil else { return }
+        unreported += 1
+        // A leader counts its own calls at once; the others' arrive through the budget row.
+        lead?.controller.recordAccepted(now: now)
     }
 
     /// In an adaptive fleet, until cancelled: takes the lead of the fleet's rate when no live worker holds
@@ -335,7 +375,13 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
             guard var current = lead, answer.continued else {
                 var controller = AdaptiveRateController<C.Instant>(configuration: configuration.controller)
                 if !answer.stale { controller.adopt(rate: answer.rate, ceiling: answer.ceiling, now: now) }
-                lead = (controller, answer.accepted, answer.events, now)
+                lead = FleetLead(
+                    controller: controller,
+                    accepted: answer.accepted,
+                    mine: reportedByMe,
+                    events: answer.events,
+                    at: now
+                )
                 sharedRate = controller.rate
                 logger.info(
                     "this worker leads the fleet's rate",
@@ -343,8 +389,11 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
                 )
                 continue
             }
-            current.controller.recordAccepted(count: Int(answer.accepted - current.accepted), from: current.at, to: now)
+            // This worker's own calls were counted as they happened: only the others' come from the row.
+            let others = (answer.accepted - current.accepted) - (reportedByMe - current.mine)
+            current.controller.recordAccepted(count: Int(max(0, others)), from: current.at, to: now)
             current.accepted = answer.accepted
+            current.mine = reportedByMe
             current.at = now
             var cut = false
             if answer.events > current.events {

@@ -164,6 +164,8 @@ struct Pipeline<C: Clock>: Sendable where C.Duration == Duration {
                 group.addTask {
                     do {
                         try await control.waitForStop()
+                        // Calls not sent yet are not waited for: their rows go back unstarted.
+                        await throttle.stopWaiting()
                         try await clock.sleep(for: configuration.shutdownGrace)
                         return .graceOver
                     } catch {

@@ -321,7 +321,9 @@ struct JobRunTests {
             // The status page is served next to the metrics.
             let page = try await HTTPClient.shared.get(url: url.replacingOccurrences(of: "/metrics", with: "/")).get()
             let html = page.body.map { String(buffer: $0) } ?? ""
-            #expect(page.status == .ok && html.contains("<title>enrich · ") && html.contains("Failures by reason (4 rows)"))
+            #expect(
+                page.status == .ok && html.contains("<title>enrich · ") && html.contains("Failures by reason (4 rows)")
+            )
 
             child.signal(SIGTERM)
             let status = try await child.wait()

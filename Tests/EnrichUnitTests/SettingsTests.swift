@@ -49,7 +49,7 @@ struct SettingsTests {
         #expect(plan.worker.follow && plan.worker.trigger == .cron && plan.worker.shutdownGrace == .zero)
         #expect(plan.worker.writeBatch == 200 && plan.worker.maximumPause == .seconds(60))
         #expect(plan.client.baseURL == "http://127.0.0.1:9")
-        #expect(plan.metrics?.port == 9464 && plan.metrics?.host == "0.0.0.0")
+        #expect(plan.metrics?.port == 9464 && plan.metrics?.host == "127.0.0.1")
         for setting in Settings.all where !setting.hasFlag {
             #expect(setting.name == "client-secret", "\(setting.name) has no flag")
         }
