@@ -5,6 +5,7 @@ import EnrichQueue
 import EnrichSettings
 import EnrichStatus
 import Foundation
+import UnixSignals
 
 /// `enrich status`: queue counts and recent job runs.
 struct StatusCommand: AsyncParsableCommand {
@@ -93,15 +94,25 @@ struct StatusCommand: AsyncParsableCommand {
         let interval = Duration.seconds(seconds ?? 2)
         let terminal = isatty(STDOUT_FILENO) == 1
         try await Database.withDatabase(try database.configuration(), logger: logger) { db in
-            while !Task.isCancelled {
-                let text = try await StatusReport.read(db, limit: limit, job: job).text()
-                let stamp = Date().formatted(.iso8601)
-                let footer = "\(stamp) · refreshed every \(String(format: "%g", interval.inSeconds)) s · Ctrl-C to stop"
-                // Written whole, unbuffered: the screen is never seen half drawn.
-                let screen =
-                    terminal ? "\u{1B}[H\u{1B}[2J" + text + "\n\n" + footer + "\n" : text + "\n" + footer + "\n\n"
-                FileHandle.standardOutput.write(Data(screen.utf8))
-                try await Task.sleep(for: interval)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    while !Task.isCancelled {
+                        let text = try await StatusReport.read(db, limit: limit, job: job).text()
+                        let stamp = Date().formatted(.iso8601)
+                        let seconds = String(format: "%g", interval.inSeconds)
+                        let footer = "\(stamp) · refreshed every \(seconds) s · Ctrl-C to stop"
+                        // Written whole, unbuffered: the screen is never seen half drawn.
+                        let screen =
+                            terminal
+                            ? "\u{1B}[H\u{1B}[2J" + text + "\n\n" + footer + "\n" : text + "\n" + footer + "\n\n"
+                        FileHandle.standardOutput.write(Data(screen.utf8))
+                        try await Task.sleep(for: interval)
+                    }
+                }
+                // Ctrl-C or SIGTERM ends the watch with exit 0 (trapped here: a parent may have left them ignored).
+                group.addTask { for await _ in await UnixSignalsSequence(trapping: .sigint, .sigterm) { return } }
+                try await group.next()
+                group.cancelAll()
             }
         }
         return EnrichExitCode.success
