@@ -33,11 +33,7 @@ public enum LoggingSetup {
         guard shouldBootstrap else { return }
         LoggingSystem.bootstrap(
             { label, provider in
-                var handler: any LogHandler
-                switch format {
-                case .text: handler = TextLogHandler(label: label, metadataProvider: provider)
-                case .json: handler = JSONLogHandler(label: label, metadataProvider: provider)
-                }
+                var handler = DisplayLogHandler(label: label, format: format, metadataProvider: provider)
                 handler.logLevel = level
                 return handler
             },
@@ -46,15 +42,20 @@ public enum LoggingSetup {
     }
 }
 
-/// One JSON object per line on standard error: `ts`, `level`, `label`, `msg`, then the metadata keys.
-public struct JSONLogHandler: LogHandler {
+/// Log lines on standard error through ``TerminalDisplay`` (so they scroll above a live progress bar instead
+/// of being written into it), one entry per line in either format:
+/// - `text`, as swift-log's `StreamLogHandler` writes them: `2026-11-24T02:30:00Z notice enrich: key=value message`;
+/// - `json`: one object with `ts`, `level`, `label`, `msg`, then the metadata keys.
+public struct DisplayLogHandler: LogHandler {
     public var metadata: Logger.Metadata = [:]
     public var logLevel: Logger.Level = .info
     public var metadataProvider: Logger.MetadataProvider?
     private let label: String
+    private let format: LogFormat
 
-    public init(label: String, metadataProvider: Logger.MetadataProvider? = nil) {
+    public init(label: String, format: LogFormat, metadataProvider: Logger.MetadataProvider? = nil) {
         self.label = label
+        self.format = format
         self.metadataProvider = metadataProvider
     }
 
@@ -67,46 +68,22 @@ public struct JSONLogHandler: LogHandler {
         var merged = metadata
         if let provided = metadataProvider?.get() { merged.merge(provided) { _, new in new } }
         if let extra = event.metadata { merged.merge(extra) { _, new in new } }
-        var line = "{\"ts\":\"\(Date().formatted(.iso8601))\",\"level\":\"\(event.level)\""
-        line += ",\"label\":" + JSONText.quoted(label) + ",\"msg\":" + JSONText.quoted("\(event.message)")
-        for key in merged.keys.sorted() {
-            line += "," + JSONText.quoted(key) + ":" + JSONText.quoted("\(merged[key]!)")
+        let keys = merged.keys.sorted()
+        switch format {
+        case .json:
+            var line = "{\"ts\":\"\(Date().formatted(.iso8601))\",\"level\":\"\(event.level)\""
+            line += ",\"label\":" + JSONText.quoted(label) + ",\"msg\":" + JSONText.quoted("\(event.message)")
+            for key in keys { line += "," + JSONText.quoted(key) + ":" + JSONText.quoted("\(merged[key]!)") }
+            TerminalDisplay.standardError.log(line + "}\n")
+        case .text:
+            let pairs = keys.map { "\($0)=\(merged[$0]!)" }.joined(separator: " ")
+            let stamp = Date().formatted(
+                .iso8601.year().month().day().time(includingFractionalSeconds: false)
+                    .timeZone(separator: .omitted).timeSeparator(.colon).dateSeparator(.dash)
+            )
+            // A message or value holding a newline would break the one-line-per-entry promise.
+            let text = "\(stamp) \(event.level) \(label):\(pairs.isEmpty ? "" : " " + pairs) \(event.message)"
+            TerminalDisplay.standardError.log(text.replacingOccurrences(of: "\n", with: " ") + "\n")
         }
-        line += "}\n"
-        TerminalDisplay.standardError.log(line)
-    }
-}
-
-/// Human log lines on standard error, as swift-log's `StreamLogHandler` writes them
-/// (`2026-11-24T02:30:00+0000 notice enrich: key=value message`), but through ``TerminalDisplay`` so that
-/// they scroll above a live progress bar instead of being written into it.
-public struct TextLogHandler: LogHandler {
-    public var metadata: Logger.Metadata = [:]
-    public var logLevel: Logger.Level = .info
-    public var metadataProvider: Logger.MetadataProvider?
-    private let label: String
-
-    public init(label: String, metadataProvider: Logger.MetadataProvider? = nil) {
-        self.label = label
-        self.metadataProvider = metadataProvider
-    }
-
-    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-
-    public func log(event: LogEvent) {
-        var merged = metadata
-        if let provided = metadataProvider?.get() { merged.merge(provided) { _, new in new } }
-        if let extra = event.metadata { merged.merge(extra) { _, new in new } }
-        let pairs = merged.keys.sorted().map { "\($0)=\(merged[$0]!)" }.joined(separator: " ")
-        let stamp = Date().formatted(
-            .iso8601.year().month().day().time(includingFractionalSeconds: false)
-                .timeZone(separator: .omitted).timeSeparator(.colon).dateSeparator(.dash)
-        )
-        // A message or value holding a newline would break the one-line-per-entry promise.
-        let text = "\(stamp) \(event.level) \(label):\(pairs.isEmpty ? "" : " " + pairs) \(event.message)"
-        TerminalDisplay.standardError.log(text.replacingOccurrences(of: "\n", with: " ") + "\n")
     }
 }
