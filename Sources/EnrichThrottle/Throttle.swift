@@ -47,6 +47,8 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
     /// Send slots reserved for this process from the fleet's budget.
     private var block: (next: C.Instant, interval: Duration, remaining: Int)?
     private var consultingBudget = false
+    /// The time the last reserved block covers.
+    private var blockSpan = Duration.zero
     private var budgetWaiters: [CheckedContinuation<Void, Never>] = []
     /// Live workers when the budget last answered: the share to keep to without it.
     private var fleetSize = 1
@@ -216,13 +218,18 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
                 await withCheckedContinuation { budgetWaiters.append($0) }
                 continue
             }
-            // The block is used up, but its last slot may still lie ahead: the next block is reserved only
-            // once it has come, so a worker never holds more than one block of the fleet's future (at a low
-            // rate a slot is a second or more; 32 callers each reserving their own would book half a minute
-            // ahead, and hold the fleet back there after the rate rose).
-            if let current = block, case let last = current.next.advanced(by: .zero - current.interval), last > now {
-                try await wait(until: last)
-                continue
+            // The block is used up, but its slots may still lie ahead: the next block is reserved only once
+            // the last of them is less than a block away, so a worker holds at most two blocks of the
+            // fleet's future (at a low rate a slot is a second or more: 32 callers each reserving their own
+            // would book half a minute ahead, and hold the fleet back there after the rate rose), while the
+            // reservation's round trip still overlaps the current block.
+            if let current = block {
+                let last = current.next.advanced(by: .zero - current.interval)
+                let reserveFrom = last.advanced(by: .zero - blockSpan)
+                if reserveFrom > now {
+                    try await wait(until: reserveFrom)
+                    continue
+                }
             }
             await reserve(from: budget)
         }
@@ -250,6 +257,7 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
             reportedByMe += accepted
             let now = clock.now
             block = (now.advanced(by: reservation.startsIn), interval, count)
+            blockSpan = interval * count
             fleetSize = max(1, reservation.liveWorkers)
             if isFleetAdaptive && lead == nil { followLead(rate: reservation.rate, hasLeader: reservation.hasLeader) }
             observeFleet(events: reservation.pauseEvents)
