@@ -88,7 +88,7 @@ final class ManualClock: Clock, Sendable {
         while !done() && !Task.isCancelled {
             var settled = 0
             var last = -1
-            while settled < 10 && !done() && !Task.isCancelled {
+            while settled < 100 && !done() && !Task.isCancelled {
                 await Task.yield()
                 let count = sleeperCount
                 if count == last { settled += 1 } else { (settled, last) = (0, count) }
