@@ -50,7 +50,7 @@ public struct FleetLimiter: Sendable {
                 accepted = accepted + \(accepted), updated_at = now()
             WHERE key = \(key)
             RETURNING EXTRACT(EPOCH FROM tat - make_interval(secs => \(span)) - now())::float8,
-                greatest(EXTRACT(EPOCH FROM coalesce(paused_until, now()) - now()), 0)::float8,
+                \(unescaped: Self.pausedFor),
                 (SELECT count(*) FROM \(unescaped: database.schema).job_runs
                  WHERE state = 'running' AND heartbeat_at > now() - interval '1 minute')::integer,
                 pause_events, \(unescaped: Self.sharedRate), \(unescaped: Self.leaderAlive)
@@ -130,7 +130,7 @@ public struct FleetLimiter: Sendable {
             """
             UPDATE \(unescaped: database.schema).api_limiter SET accepted = accepted + \(accepted)
             WHERE key = \(key)
-            RETURNING greatest(EXTRACT(EPOCH FROM coalesce(paused_until, now()) - now()), 0)::float8, pause_events,
+            RETURNING \(unescaped: Self.pausedFor), pause_events,
                 \(unescaped: Self.sharedRate), \(unescaped: Self.leaderAlive)
             """,
             timeout: timeout
@@ -141,6 +141,9 @@ public struct FleetLimiter: Sendable {
         let (paused, events, rate, leading) = try row.decode((Double, Int64, Double?, Bool).self)
         return SharedPause(pausedFor: .seconds(paused), events: events, rate: rate, hasLeader: leading)
     }
+
+    /// Seconds the fleet-wide pause still holds (zero when none), on the database's clock.
+    static let pausedFor = "greatest(EXTRACT(EPOCH FROM coalesce(paused_until, now()) - now()), 0)::float8"
 
     /// The shared rate as the workers should follow it: only while a leader is alive (or just gone), so
     /// that a rate learned by yesterday's fleet does not hold back today's.
@@ -177,7 +180,7 @@ public struct FleetLimiter: Sendable {
                 leader = \(owner), leader_until = now() + make_interval(secs => \(lease)), updated_at = now()
             WHERE key = \(key) AND (leader IS NULL OR leader = \(owner) OR leader_until < now())
             RETURNING leader_turns > 0, coalesce(lead_gap > interval '1 minute', true), accepted, pause_events,
-                greatest(EXTRACT(EPOCH FROM coalesce(paused_until, now()) - now()), 0)::float8, rate, ceiling
+                \(unescaped: Self.pausedFor), rate, ceiling
             """,
             timeout: timeout
         )

@@ -73,7 +73,7 @@ public struct FleetStatus: Codable, Sendable, Equatable {
         let budgets = try await database.query(
             "read the shared send budgets",
             """
-            SELECT key, greatest(EXTRACT(EPOCH FROM coalesce(paused_until, now()) - now()), 0)::float8,
+            SELECT key, \(unescaped: FleetLimiter.pausedFor),
                 reserved, reservations, pause_events, \(unescaped: FleetLimiter.sharedRate), ceiling,
                 CASE WHEN leader_until > now() THEN leader END, rate_changes
             FROM \(unescaped: schema).api_limiter ORDER BY key

@@ -188,15 +188,23 @@ public struct JobRuns: Sendable {
                     WHERE id = \(id) AND state = 'running'
                     RETURNING id, succeeded, failed, throttled
                 ), sample AS (
-                    INSERT INTO \(unescaped: schema).run_samples (run_id, at, succeeded, failed, throttled)
-                    SELECT id, now(), succeeded, failed, throttled FROM beat
-                    ON CONFLICT DO NOTHING
+                    \(unescaped: recordSample(from: "beat"))
                 )
                 SELECT id FROM beat
                 """
             )
             return !rows.isEmpty
         }
+    }
+
+    /// The statement that keeps a run's counters as a sample for the status page (`run_samples`), from a
+    /// `WITH` part named `part` returning the run's `id`, `succeeded`, `failed` and `throttled`.
+    private func recordSample(from part: String) -> String {
+        """
+        INSERT INTO \(schema).run_samples (run_id, at, succeeded, failed, throttled)
+        SELECT id, now(), succeeded, failed, throttled FROM \(part)
+        ON CONFLICT DO NOTHING
+        """
     }
 
     /// The database server's clock (status checks compare heartbeats with it, not with the local clock).
@@ -225,9 +233,7 @@ public struct JobRuns: Sendable {
                     WHERE id = \(id)
                     RETURNING id, succeeded, failed, throttled
                 ), sample AS (
-                    INSERT INTO \(unescaped: schema).run_samples (run_id, at, succeeded, failed, throttled)
-                    SELECT id, now(), succeeded, failed, throttled FROM ended
-                    ON CONFLICT DO NOTHING
+                    \(unescaped: recordSample(from: "ended"))
                 )
                 -- Samples are kept for two weeks: the status page draws the recent runs.
                 DELETE FROM \(unescaped: schema).run_samples WHERE at < now() - interval '14 days'
