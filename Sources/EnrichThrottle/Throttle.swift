@@ -94,6 +94,8 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
         /// The fleet's accepted total, this worker's reported total and the congestion events at the last turn.
         var accepted: Int64
         var mine: Int64
+        /// Others' calls counted ahead of the row (a negative difference), taken off the next turn's.
+        var owed: Int64 = 0
         var events: Int64
         var at: C.Instant
     }
@@ -149,17 +151,15 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
                 // One look at the fleet's pause at a time; the other callers wait for it (at most a second).
                 lastPauseCheck = now
                 consultingBudget = true
-                let accepted = unreported
-                unreported = 0
+                let accepted = takeUnreported()
                 do {
                     let pause = try await budget.pause(accepted: accepted)
-                    reportedByMe += accepted
                     budgetRetryAt = nil
                     observeFleet(events: pause.events)
                     if pause.pausedFor > .zero { extendPause(until: clock.now.advanced(by: pause.pausedFor)) }
                     if lead == nil { followLead(rate: pause.rate, hasLeader: pause.hasLeader) }
                 } catch {
-                    unreported += accepted
+                    returnUnreported(accepted)
                     budgetRetryAt = clock.now.advanced(by: .seconds(1))
                 }
                 finishConsultingBudget()
@@ -250,11 +250,9 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
             block = (localStart, interval * fleetSize, count)
             return
         }
-        let accepted = unreported
-        unreported = 0
+        let accepted = takeUnreported()
         do {
             let reservation = try await budget.reserve(count: count, rate: rate, accepted: accepted)
-            reportedByMe += accepted
             let now = clock.now
             block = (now.advanced(by: reservation.startsIn), interval, count)
             blockSpan = interval * count
@@ -268,7 +266,7 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
                 logger.notice("the fleet's send budget answers again")
             }
         } catch {
-            unreported += accepted
+            returnUnreported(accepted)
             if !budgetFailing {
                 budgetFailing = true
                 logger.warning(
@@ -398,7 +396,11 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
                 continue
             }
             // This worker's own calls were counted as they happened: only the others' come from the row.
-            let others = (answer.accepted - current.accepted) - (reportedByMe - current.mine)
+            // A report of this worker's counts as reported once sent (``takeUnreported()``) but reaches the
+            // row a round trip later: a turn between the two sees fewer than this worker reported, and the
+            // difference is carried to the next turn rather than dropped.
+            let others = (answer.accepted - current.accepted) - (reportedByMe - current.mine) + current.owed
+            current.owed = min(0, others)
             current.controller.recordAccepted(count: Int(max(0, others)), from: current.at, to: now)
             current.accepted = answer.accepted
             current.mine = reportedByMe
@@ -418,6 +420,22 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
                 leadTurnAgain = true  // store the cut at once
             }
         } while leadTurnAgain
+    }
+
+    /// The accepted calls to report with the next statement, counted as reported before it is sent: a
+    /// leader's turn that reads the row first then counts them as not yet arrived (carried to the next turn)
+    /// rather than as another worker's.
+    private func takeUnreported() -> Int64 {
+        let accepted = unreported
+        unreported = 0
+        reportedByMe += accepted
+        return accepted
+    }
+
+    /// The statement carrying `accepted` failed: they are reported with the next one.
+    private func returnUnreported(_ accepted: Int64) {
+        unreported += accepted
+        reportedByMe -= accepted
     }
 
     /// A follower's view of the fleet's rate and its leader, from the budget's answer.
