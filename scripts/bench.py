@@ -6,14 +6,17 @@ peak RSS of `enrich run` come from /usr/bin/time. Prints one JSON object per sce
 import json
 import math
 import os
+import shutil
+import socket
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
-from harness import ENRICH, SCRATCH, Simulator, enrich, environment, prepare  # noqa: E402
+from harness import ENRICH, SCRATCH, Simulator, enrich, environment, free_port, prepare  # noqa: E402
 
 QUICK = os.environ.get("ENRICH_BENCH_QUICK") == "1"
 # ENRICH_BENCH_BINARIES="before=/path/a,after=/path/b" runs each scenario once per binary, in the same run
@@ -77,21 +80,107 @@ def window(samples, since, until):
 
 # ---- scenarios -------------------------------------------------------------------------------------------
 
-def overhead():
+OVERHEAD_CONCURRENCY = 64
+
+
+def postgres_cpu_seconds():
+    """User + system CPU of the local PostgreSQL cluster so far: the postmaster, its live children and the
+    children it has reaped (backends of ended connections); None when the server is not a local process."""
+    try:
+        directory = psql("SHOW data_directory")
+        postmaster = int(open(os.path.join(directory, "postmaster.pid")).readline())
+        ticks = os.sysconf("SC_CLK_TCK")
+
+        def fields(pid):
+            return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+
+        own = fields(postmaster)
+        total = sum(int(v) for v in own[11:15])  # utime, stime, cutime, cstime
+        children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True).stdout.split()
+        for child in children:
+            try:
+                total += sum(int(v) for v in fields(child)[11:13])
+            except OSError:
+                pass  # ended meanwhile: counted in the postmaster's cutime once reaped
+        return total / ticks
+    except (OSError, ValueError, subprocess.CalledProcessError):
+        return None
+
+
+class Nginx:
+    """nginx from Debian answering login and access with fixed bodies at once: an API that costs the shared
+    cores next to nothing, so that the runner's own cost shows (the simulator takes about a third of them)."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.directory = tempfile.mkdtemp(prefix="nginx-", dir=SCRATCH)
+        config = os.path.join(self.directory, "nginx.conf")
+        with open(config, "w") as file:
+            file.write(f"""worker_processes 1;
+daemon off;
+pid {self.directory}/nginx.pid;
+error_log {self.directory}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {self.directory};
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    server {{
+        listen 127.0.0.1:{self.port} reuseport backlog=4096;
+        location = /api/auth/login {{
+            default_type application/json;
+            return 200 '{{"AccessToken":"nginx-bench-token","TokenType":"Bearer","ExpiresIn":86400}}';
+        }}
+        location = /api/auth/access {{
+            default_type application/json;
+            return 200 '{{"CustomerNumber":"C-000042","PriceTier":"Gold","CurrencyCode":"EUR"}}';
+        }}
+    }}
+}}
+""")
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.process = subprocess.Popen([nginx, "-c", config, "-p", self.directory],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("nginx did not start")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.process.terminate()
+        self.process.wait()
+
+
+def overhead(api="simulator"):
     pairs = 10_000 if QUICK else 100_000
     prepare("bench_ceiling", pairs)
     ceiling = json.loads(enrich(["benchmark-database"], "bench_ceiling").stdout)
     prepare("bench_overhead", pairs)
-    with Simulator() as simulator:
-        run = Run("bench_overhead", simulator.url).wait()
+    server = Nginx() if api == "nginx" else Simulator()
+    with server:
+        postgres_before = postgres_cpu_seconds()
+        run = Run("bench_overhead", server.url, "--concurrency", str(OVERHEAD_CONCURRENCY)).wait()
+        postgres_after = postgres_cpu_seconds()
     rate = pairs / run.run_seconds()
     cpu_us = run.cpu / pairs * 1e6
     share = rate / ceiling["rows_per_second"]
+    postgres_us = (postgres_after - postgres_before) / pairs * 1e6 if postgres_after is not None else None
     return {
-        "scenario": "overhead", "pairs": pairs, "items_per_second": round(rate), "cpu_us_per_item": round(cpu_us, 1),
+        "scenario": "overhead" if api == "simulator" else "overhead-nginx", "api": api, "pairs": pairs,
+        "concurrency": OVERHEAD_CONCURRENCY, "items_per_second": round(rate), "cpu_us_per_item": round(cpu_us, 1),
+        "postgres_cpu_us_per_item": postgres_us and round(postgres_us, 1), "peak_rss_mb": round(run.rss_mb, 1),
         "db_ceiling_rows_per_second": round(ceiling["rows_per_second"]), "share_of_ceiling": round(share, 3),
-        "target": ">= 70% of the database ceiling and <= 60 us CPU per item",
-        "pass": share >= 0.70 and cpu_us <= 60,
+        "target": ">= 60% of the database ceiling and <= 40 us CPU per item",
+        "pass": share >= 0.60 and cpu_us <= 40,
     }
 
 
@@ -201,12 +290,11 @@ def run_log_count(run, text):
     return sum(text in line for line in open(run.timing + ".stderr"))
 
 
-def latency():
-    concurrency, delay = 64, 0.05
+def latency(concurrency=64, delay=0.05, target=0.98):
     ideal = concurrency / delay
     pairs = int(ideal * (5 if QUICK else 15))
     prepare("bench_latency", pairs)
-    with Simulator("--latency", "50ms") as simulator:
+    with Simulator("--latency", f"{int(delay * 1000)}ms") as simulator:
         run = Run("bench_latency", simulator.url, "--concurrency", str(concurrency))
         samples = sample(simulator, run, 600, every=0.5)
         run.wait()
@@ -215,10 +303,12 @@ def latency():
     steady, _, span = window(busy, 1, busy[-1][0])
     end_to_end = pairs / run.run_seconds()
     return {
-        "scenario": "latency", "pairs": pairs, "concurrency": concurrency, "ideal": ideal,
+        "scenario": "latency" if concurrency == 64 else f"latency-{concurrency}", "pairs": pairs,
+        "concurrency": concurrency, "delay_ms": int(delay * 1000), "ideal": ideal,
         "items_per_second": round(steady), "share_of_ideal": round(steady / ideal, 4), "window_seconds": round(span, 1),
         "end_to_end_items_per_second": round(end_to_end), "end_to_end_share": round(end_to_end / ideal, 4),
-        "target": ">= 95% of 64 / 0.05 s (steady state)", "pass": steady / ideal >= 0.95,
+        "cpu_us_per_item": round(run.cpu / pairs * 1e6, 1), "peak_rss_mb": round(run.rss_mb, 1),
+        "target": f">= {target:.0%} of {concurrency} / {delay} s (steady state)", "pass": steady / ideal >= target,
     }
 
 
@@ -324,8 +414,8 @@ def pickup():
 
 
 SCENARIOS = {
-    "overhead": overhead, "unknown-limit": lambda: limit(False), "known-limit": lambda: limit(True),
-    "latency": latency, "logins": logins, "memory": memory, "pickup": pickup,
+    "overhead": overhead, "overhead-nginx": lambda: overhead("nginx"), "unknown-limit": lambda: limit(False), "known-limit": lambda: limit(True),
+    "latency": latency, "latency-512": lambda: latency(512, 0.2, 0.97), "logins": logins, "memory": memory, "pickup": pickup,
     "fleet-unknown-rate": lambda: fleet(False), "fleet-known-rate": lambda: fleet(True),
 }
 

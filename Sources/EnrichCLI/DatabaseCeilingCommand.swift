@@ -31,6 +31,7 @@ struct DatabaseCeilingCommand: AsyncParsableCommand {
             let (claimBatch, loops) = (claimBatch, loops)
             let (rows, seconds) = try await Database.withDatabase(try database.configuration(), logger: logger) { db in
                 let queue = Queue(database: db)
+                try await queue.refreshStatisticsIfStale()  // as a run does at its start
                 let started = ContinuousClock.now
                 let rows = try await withThrowingTaskGroup(of: Int.self) { group in
                     for loop in 0..<loops {

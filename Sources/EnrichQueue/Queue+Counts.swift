@@ -22,6 +22,29 @@ extension Queue {
         try await database.query("compact counters", "SELECT \(unescaped: schema).compact_queue_counts()")
     }
 
+    /// Refreshes the planner's statistics of the queue table when they are missing or lag far behind it
+    /// (more rows changed since the last ANALYZE than a fifth of the table): returns whether it did.
+    ///
+    /// Why: a queue filled just before a run (the nightly enqueue) has no statistics until autovacuum's
+    /// next round, and without them PostgreSQL plans each claim as a bitmap scan of every pending row plus
+    /// a sort instead of a walk of the claim index that stops after the batch: measured, 42 ms instead of
+    /// 15 ms per 500 rows on a 100,000-row queue, for the whole run. ANALYZE samples the table (tens of
+    /// milliseconds) and does not block readers or writers.
+    @discardableResult
+    public func refreshStatisticsIfStale() async throws -> Bool {
+        let rows = try await database.query(
+            "read the queue's statistics age",
+            """
+            SELECT coalesce(last_analyze, last_autoanalyze) IS NULL
+                OR n_mod_since_analyze > greatest(1000, n_live_tup / 5)
+            FROM pg_stat_user_tables WHERE schemaname = \(database.configuration.schema) AND relname = 'queue_items'
+            """
+        )
+        guard try rows.first?.decode(Bool.self) ?? true else { return false }
+        try await database.query("analyze the queue", "ANALYZE \(unescaped: schema).queue_items")
+        return true
+    }
+
     /// Pending rows that are available now (what a run still has to do).
     public func availableCount() async throws -> Int64 {
         let rows = try await database.query(

@@ -1,5 +1,6 @@
 import EnrichCore
 import Logging
+import Synchronization
 
 /// The one throttle a process shares across all its concurrent callers.
 ///
@@ -15,6 +16,12 @@ import Logging
 /// the budget; until there is one the throttle sends unlimited and learns the fleet's pauses every quarter
 /// second. When the budget cannot be reached, a worker keeps to its share of the rate (the rate over the
 /// live workers last seen).
+///
+/// The hot path does not enter the actor: while calls may go out unlimited (no rate yet, no pause, no
+/// look at the fleet due), the actor opens a gate (``Gate``) for up to 50 ms, and ``acquire()`` only reads
+/// it under a lock; ``accepted()`` counts under the same lock, and the actor folds those counts into its
+/// controller whenever it runs (at least every 50 ms while calls flow). Paced sends, pauses and the fleet's
+/// budget still go through the actor.
 public actor Throttle<C: Clock> where C.Duration == Duration {
     public struct Configuration: Sendable {
         public var controller: AdaptiveRateController<C.Instant>.Configuration
@@ -77,6 +84,21 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
     /// Calls this worker reported accepted to the budget, in total (a leader tells them from the others').
     private var reportedByMe: Int64 = 0
 
+    /// What callers read and count without entering the actor.
+    private struct Gate: Sendable {
+        /// Until when a caller may send at once without asking the actor (nil: ask it).
+        var openUntil: C.Instant?
+        /// Calls accepted since the actor last folded them, and when the first and the last were.
+        var accepted = 0
+        var firstAccepted: C.Instant?
+        var lastAccepted: C.Instant?
+    }
+
+    /// How long an open gate holds without the actor: short enough that the controller's one-second
+    /// measurement (ten slots of 0.1 s) sees accepted calls in the right slot.
+    private static var gateSpan: Duration { .milliseconds(50) }
+    private let gate = Mutex(Gate())
+
     /// - Parameter budget: the fleet's shared budget; nil for a process on its own.
     public init(configuration: Configuration = .init(), clock: C, logger: Logger, budget: (any SharedSendBudget)? = nil)
     {
@@ -108,6 +130,7 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
     /// worth the shutdown grace (its row goes back unstarted).
     public func stopWaiting() {
         stopping = true
+        closeGate()
         finishConsultingBudget()
     }
 
@@ -120,7 +143,16 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
     }
 
     /// Waits for a send slot and returns the instant the call is sent (pass it back to ``throttled(sentAt:retryAfter:)``).
-    public func acquire() async throws -> C.Instant {
+    /// Without entering the actor while its gate is open.
+    public nonisolated func acquire() async throws -> C.Instant {
+        let now = clock.now
+        if gate.withLock({ gate in gate.openUntil.map { now < $0 } ?? false }) { return now }
+        return try await acquireThroughActor()
+    }
+
+    private func acquireThroughActor() async throws -> C.Instant {
+        foldAccepted()
+        defer { publishGate() }
         if stopping { throw CancellationError() }
         while true {
             if let budget, configuration.controller.maximumRate != nil || sharedRate != nil {
@@ -282,6 +314,8 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
     /// A worker of the fleet announced a pause (LISTEN/NOTIFY): hold every call until it ends, and slow down
     /// once if it is a new congestion event (in an adaptive fleet, its leader cuts the fleet's rate at once).
     public func fleetPaused(_ pause: SharedPause) async {
+        foldAccepted()
+        defer { publishGate() }
         observeFleet(events: pause.events)
         if pause.pausedFor > .zero {
             let until = clock.now.advanced(by: pause.pausedFor)
@@ -317,20 +351,63 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
 
     private func extendPause(until: C.Instant) {
         guard pausedUntil.map({ until > $0 }) ?? true else { return }
+        closeGate()
         if let ended = pausedUntil, ended <= clock.now { lastPauseEnd = ended }
         pausedUntil = until
     }
 
-    /// The call was accepted (anything but a 429).
-    public func accepted() {
+    /// The call was accepted (anything but a 429). Counted under the gate's lock; the actor folds the
+    /// counts into its controller the next time it runs.
+    public nonisolated func accepted() {
         let now = clock.now
-        controller.recordAccepted(now: now)
+        gate.withLock { gate in
+            gate.accepted += 1
+            if gate.firstAccepted == nil { gate.firstAccepted = now }
+            gate.lastAccepted = now
+        }
+    }
+
+    /// Moves the calls counted by ``accepted()`` into the controller (spread over the time they were
+    /// accepted in), the count to report to the fleet, and a leader's controller.
+    private func foldAccepted() {
+        let (count, first, last) = gate.withLock { gate in
+            defer {
+                gate.accepted = 0
+                gate.firstAccepted = nil
+                gate.lastAccepted = nil
+            }
+            return (gate.accepted, gate.firstAccepted, gate.lastAccepted)
+        }
+        guard count > 0, let first, let last else { return }
+        controller.recordAccepted(count: count, from: first, to: last)
         consecutivePauses = 0
         guard budget != nil else { return }
-        unreported += 1
+        unreported += Int64(count)
         // A leader counts its own calls at once; the others' arrive through the budget row.
-        lead?.controller.recordAccepted(now: now)
+        lead?.controller.recordAccepted(count: count, from: first, to: last)
     }
+
+    /// Opens the gate while a caller may send at once: no stop, no pause, no rate (this process's or the
+    /// fleet's) and, in a fleet, no look at its pause due; for ``gateSpan`` at most. Closes it otherwise.
+    private func publishGate() {
+        let now = clock.now
+        var openUntil: C.Instant?
+        let paused = pausedUntil.map { now < $0 } ?? false
+        if !stopping && !paused && !consultingBudget && controller.currentRate(now: now) == nil {
+            let span = now.advanced(by: Self.gateSpan)
+            if budget == nil {
+                openUntil = span
+            } else if configuration.controller.maximumRate == nil && sharedRate == nil, let lastPauseCheck,
+                budgetRetryAt == nil
+            {
+                let due = lastPauseCheck.advanced(by: .milliseconds(250))
+                if due > now { openUntil = min(span, due) }
+            }
+        }
+        gate.withLock { $0.openUntil = openUntil }
+    }
+
+    private func closeGate() { gate.withLock { $0.openUntil = nil } }
 
     /// In an adaptive fleet, until cancelled: takes the lead of the fleet's rate when no live worker holds
     /// it and, while leading, sets the rate every quarter second from the calls the whole fleet accepted and
@@ -350,6 +427,8 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
     /// feeds what the fleet did since into the controller. A turn asked for while one runs follows it.
     private func leadTurn() async {
         guard let budget else { return }
+        foldAccepted()
+        defer { publishGate() }
         if leadTurnRunning {
             leadTurnAgain = true
             return
@@ -426,6 +505,7 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
     /// leader's turn that reads the row first then counts them as not yet arrived (carried to the next turn)
     /// rather than as another worker's.
     private func takeUnreported() -> Int64 {
+        foldAccepted()
         let accepted = unreported
         unreported = 0
         reportedByMe += accepted
@@ -448,6 +528,8 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
 
     /// The call sent at `sentAt` was answered 429.
     public func throttled(sentAt: C.Instant, retryAfter: Duration?) async {
+        foldAccepted()
+        defer { publishGate() }
         throttledCount += 1
         let now = clock.now
         // Sending resumed when the previous pause ended: measure what the server accepted since then.
@@ -485,6 +567,7 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
 
     /// The current send rate (requests per second), nil when unlimited.
     public func currentRate() -> Double? {
+        foldAccepted()
         let local = controller.currentRate(now: clock.now)
         return isFleetAdaptive ? sharedRate ?? local : local
     }

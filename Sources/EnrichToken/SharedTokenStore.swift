@@ -1,5 +1,6 @@
 import Logging
 import NymbleAPI
+import Synchronization
 
 /// The one cached token of a process, shared by every concurrent caller, from a ``TokenSource`` (a login of
 /// its own, or the fleet's shared token).
@@ -12,6 +13,9 @@ import NymbleAPI
 /// - **Rejection**: ``tokenRejected(_:)`` drops the token only if it is still the current one.
 /// - **Invalid credentials** (a 401 on login) are fatal and sticky: every later caller gets the same error
 ///   at once.
+///
+/// - **No hop on the hot path**: the current token and when to renew it are published under a lock, so a
+///   caller holding a token that needs no renewal reads it without entering the actor.
 ///
 /// Time comes from the injected clock, so expiry, refresh and pacing are tested without sleeping.
 public actor SharedTokenStore<C: Clock>: TokenProvider where C.Duration == Duration {
@@ -27,7 +31,11 @@ public actor SharedTokenStore<C: Clock>: TokenProvider where C.Duration == Durat
     private let clock: C
     private let logger: Logger
 
-    private var current: Current?
+    private var current: Current? {
+        didSet { published.withLock { $0 = current.map { ($0.issued, $0.refreshAt) } } }
+    }
+    /// ``current`` as callers read it without entering the actor.
+    private let published = Mutex<(issued: IssuedToken, refreshAt: C.Instant)?>(nil)
     private var fetchInFlight = false
     /// Callers waiting for the fetch in flight; resumed with its outcome (nil: try again yourself).
     private var waiters: [CheckedContinuation<Result<IssuedToken, any Error>?, Never>] = []
@@ -57,7 +65,15 @@ public actor SharedTokenStore<C: Clock>: TokenProvider where C.Duration == Durat
         )
     }
 
-    public func currentToken() async throws -> IssuedToken {
+    /// The current token, read under a lock while it needs no renewal; otherwise from the actor (which
+    /// renews it, one caller for all).
+    public nonisolated func currentToken() async throws -> IssuedToken {
+        let now = clock.now
+        if let (issued, refreshAt) = published.withLock({ $0 }), now < refreshAt { return issued }
+        return try await renewingToken()
+    }
+
+    private func renewingToken() async throws -> IssuedToken {
         while true {
             if let fatalError { throw fatalError }
             try Task.checkCancellation()
@@ -100,6 +116,7 @@ public actor SharedTokenStore<C: Clock>: TokenProvider where C.Duration == Durat
             return fetched.issued
         } catch let error as NymbleAPIError where error.code == .invalidCredentials {
             fatalError = error
+            current = nil
             finish(with: .failure(error))
             throw error
         } catch is CancellationError {

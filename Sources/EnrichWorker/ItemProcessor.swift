@@ -72,7 +72,7 @@ struct ItemProcessor<C: Clock>: Sendable where C.Duration == Duration {
                     }
                     continue
                 case .unauthorized:
-                    await throttle.accepted()
+                    throttle.accepted()
                     await tokens.tokenRejected(issued)
                     unauthorizedRetries += 1
                     if unauthorizedRetries > configuration.maximumUnauthorizedRetries {
@@ -81,16 +81,16 @@ struct ItemProcessor<C: Clock>: Sendable where C.Duration == Duration {
                     }
                     continue
                 case .badRequest:
-                    await throttle.accepted()
+                    throttle.accepted()
                     accounting.attemptFailed(RunMetrics.name(of: error.code))
                     return .failed(.permanent(item, reason: error.description))
                 default:
-                    await throttle.accepted()
+                    throttle.accepted()
                     accounting.attemptFailed(RunMetrics.name(of: error.code))
                     return retryLater(item, reason: error.description)
                 }
             }
-            await throttle.accepted()
+            throttle.accepted()
             return .done(Completion(item: item, context: answer))
         }
     }

@@ -67,7 +67,15 @@ public struct Worker: Service {
             maxTakeovers: configuration.maxTakeovers
         )
         WorkerLog.abandoned(abandoned, logger: logger)
-        let total = try await Queue(database: database).availableCount()
+        let queue = Queue(database: database)
+        do {
+            if try await queue.refreshStatisticsIfStale() {
+                logger.debug("the queue's planner statistics were stale: analyzed")
+            }
+        } catch {
+            logger.warning("could not refresh the queue's planner statistics", metadata: ["error": "\(error)"])
+        }
+        let total = try await queue.availableCount()
         let start = JobRuns.Start(
             jobName: configuration.jobName,
             trigger: configuration.trigger,

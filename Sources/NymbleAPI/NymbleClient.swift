@@ -21,26 +21,32 @@ public struct NymbleClientConfiguration: Sendable {
     public var requestTimeout: Duration
     /// Answers larger than this are rejected as undecodable instead of being buffered.
     public var maximumResponseBytes: Int
+    /// How the API's certificate is verified for `https`: the system's trust roots and full verification
+    /// by default.
+    public var tlsConfiguration: TLSConfiguration
 
     public init(
         baseURL: String = "https://api.achievemomentum.com",
         maximumConnections: Int = 32,
         connectTimeout: Duration = .seconds(5),
         requestTimeout: Duration = .seconds(30),
-        maximumResponseBytes: Int = 64 * 1024
+        maximumResponseBytes: Int = 64 * 1024,
+        tlsConfiguration: TLSConfiguration = .makeClientConfiguration()
     ) {
         self.baseURL = baseURL
         self.maximumConnections = maximumConnections
         self.connectTimeout = connectTimeout
         self.requestTimeout = requestTimeout
         self.maximumResponseBytes = maximumResponseBytes
+        self.tlsConfiguration = tlsConfiguration
     }
 }
 
 /// The Nymble Commerce API client: `login` and `access`, exactly as the contract describes them.
 ///
-/// One client holds one `HTTPClient` (a keep-alive connection pool sized to the concurrency, TLS verified);
-/// create it with ``withClient(configuration:logger:_:)`` so that it is shut down with its scope.
+/// `access` goes through ``HTTP1Client`` (keep-alive connections sized to the concurrency, TLS verified,
+/// one pre-encoded write per request), `login` through AsyncHTTPClient; create the client with
+/// ``withClient(configuration:logger:_:)`` so that its connections are closed with its scope.
 public struct NymbleClient: Sendable {
     public let configuration: NymbleClientConfiguration
     private let http: HTTPClient
@@ -50,7 +56,9 @@ public struct NymbleClient: Sendable {
     private let loginHTTP: HTTPClient
     private let logger: Logger
     private let loginURL: String
-    private let accessURL: String
+    /// The hot path: `POST /api/auth/access` on connections of its own.
+    private let accessHTTP: HTTP1Client
+    private let accessRequest: HTTP1RequestTemplate
 
     /// Runs `body` with a client whose connection pool is shut down when `body` returns.
     public static func withClient<Result>(
@@ -59,7 +67,7 @@ public struct NymbleClient: Sendable {
         _ body: (NymbleClient) async throws -> Result
     ) async throws -> Result {
         var http = HTTPClient.Configuration()
-        http.tlsConfiguration = .makeClientConfiguration()
+        http.tlsConfiguration = configuration.tlsConfiguration
         http.timeout = .init(connect: .init(configuration.connectTimeout), read: .init(configuration.requestTimeout))
         http.connectionPool = .init(
             idleTimeout: .seconds(60),
@@ -70,10 +78,33 @@ public struct NymbleClient: Sendable {
         var login = http
         login.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 1)
         login.connectionPool.retryConnectionEstablishment = false
+        guard let (origin, basePath) = HTTP1Client.Origin.parse(baseURL: configuration.normalizedBaseURL) else {
+            throw NymbleAPIError(
+                .unreachable,
+                endpoint: "access",
+                detail: "the base URL is not http(s)://host[:port][/path]: \(configuration.baseURL)"
+            )
+        }
+        let accessHTTP = try HTTP1Client(
+            origin: origin,
+            tlsConfiguration: configuration.tlsConfiguration,
+            connectTimeout: configuration.connectTimeout,
+            requestTimeout: configuration.requestTimeout,
+            maximumResponseBytes: configuration.maximumResponseBytes,
+            maximumIdle: configuration.maximumConnections
+        )
+        defer { accessHTTP.shutdown() }
         return try await HTTPClient.withHTTPClient(configuration: http) { httpClient in
             try await HTTPClient.withHTTPClient(configuration: login) { loginClient in
                 try await body(
-                    NymbleClient(configuration: configuration, http: httpClient, loginHTTP: loginClient, logger: logger)
+                    NymbleClient(
+                        configuration: configuration,
+                        http: httpClient,
+                        loginHTTP: loginClient,
+                        accessHTTP: accessHTTP,
+                        accessRequest: HTTP1RequestTemplate(post: basePath + "/api/auth/access", origin: origin),
+                        logger: logger
+                    )
                 )
             }
         }
@@ -83,14 +114,21 @@ public struct NymbleClient: Sendable {
     /// metadata on each change (about 4% of the CPU per call, profiled): its trace lines are not worth that.
     private static let requestLogger = Logger(label: "nymble.http", factory: { _ in SwiftLogNoOpLogHandler() })
 
-    init(configuration: NymbleClientConfiguration, http: HTTPClient, loginHTTP: HTTPClient, logger: Logger) {
+    init(
+        configuration: NymbleClientConfiguration,
+        http: HTTPClient,
+        loginHTTP: HTTPClient,
+        accessHTTP: HTTP1Client,
+        accessRequest: HTTP1RequestTemplate,
+        logger: Logger
+    ) {
         self.configuration = configuration
         self.http = http
         self.loginHTTP = loginHTTP
+        self.accessHTTP = accessHTTP
+        self.accessRequest = accessRequest
         self.logger = logger
-        let base = configuration.normalizedBaseURL
-        self.loginURL = base + "/api/auth/login"
-        self.accessURL = base + "/api/auth/access"
+        self.loginURL = configuration.normalizedBaseURL + "/api/auth/login"
     }
 
     /// `POST /api/auth/login`.
@@ -138,7 +176,12 @@ public struct NymbleClient: Sendable {
                 detail: "ClientId/ClientSecret rejected, or OrgCode \(credentials.orgCode) does not match them"
             )
         default:
-            throw Self.error(endpoint: "login", status: status, headers: headers, excerpt: nil)
+            throw Self.error(
+                endpoint: "login",
+                status: status,
+                retryAfter: headers.first(name: "Retry-After"),
+                excerpt: nil
+            )
         }
     }
 
@@ -153,43 +196,77 @@ public struct NymbleClient: Sendable {
     ) async throws(NymbleAPIError)
         -> CommerceContext
     {
-        let body = "{\"OrganizationId\":\(JSONText.quoted(organizationId)),\"UserId\":\(JSONText.quoted(userId))}"
-        let (status, headers, bytes) = try await post(
-            url: accessURL,
-            endpoint: "access",
-            body: body,
-            bearer: token,
-            on: http
-        )
-        switch status {
+        var body = ByteBuffer()
+        body.writeStaticString("{\"OrganizationId\":")
+        JSONText.write(organizationId, into: &body)
+        body.writeStaticString(",\"UserId\":")
+        JSONText.write(userId, into: &body)
+        body.writeStaticString("}")
+        let answer: HTTP1Answer
+        do {
+            answer = try await accessHTTP.send(
+                accessRequest.request(bearer: token.bearerValue, body: body.readableBytesView)
+            )
+        } catch {
+            throw transportError(error, endpoint: "access")
+        }
+        switch answer.status {
         case 200:
-            do {
-                return try JSONDecoder().decode(CommerceContext.self, from: bytes)
-            } catch {
-                throw NymbleAPIError(
-                    .undecodable,
-                    endpoint: "access",
-                    status: status,
-                    detail: "the answer is not {CustomerNumber, PriceTier, CurrencyCode}"
-                )
-            }
+            if let context = CommerceContextDecoder.decode(answer.body) { return context }
+            throw NymbleAPIError(
+                .undecodable,
+                endpoint: "access",
+                status: answer.status,
+                detail: "the answer is not {CustomerNumber, PriceTier, CurrencyCode}"
+            )
         case 401:
             throw NymbleAPIError(
                 .unauthorized,
                 endpoint: "access",
-                status: status,
+                status: answer.status,
                 detail: "bearer token missing, expired or invalid"
             )
         default:
-            let excerpt = Self.excerpt(bytes, scrubbing: token.bearerValue)
-            throw Self.error(endpoint: "access", status: status, headers: headers, excerpt: excerpt)
+            let excerpt = Self.excerpt(answer.body.readableBytesView, scrubbing: token.bearerValue)
+            throw Self.error(endpoint: "access", status: answer.status, retryAfter: answer.retryAfter, excerpt: excerpt)
+        }
+    }
+
+    /// A failed exchange (of either client) as the API error the runner acts on.
+    private func transportError(_ error: any Error, endpoint: String) -> NymbleAPIError {
+        switch error {
+        case HTTP1Failure.tooLarge:
+            return NymbleAPIError(
+                .undecodable,
+                endpoint: endpoint,
+                detail: "the answer is larger than \(configuration.maximumResponseBytes) bytes"
+            )
+        case HTTP1Failure.timedOut:
+            return NymbleAPIError(.transport, endpoint: endpoint, detail: "request timeout")
+        case HTTP1Failure.closed:
+            return NymbleAPIError(.transport, endpoint: endpoint, detail: "connection closed by the server")
+        case HTTP1Failure.invalidAnswer:
+            return NymbleAPIError(.transport, endpoint: endpoint, detail: "the answer is not HTTP/1.1")
+        case HTTP1Failure.shutDown:
+            return NymbleAPIError(.transport, endpoint: endpoint, detail: "the client is shut down")
+        case ChannelError.connectTimeout:
+            return NymbleAPIError(.transport, endpoint: endpoint, detail: "connect timeout")
+        default:
+            if let reason = Self.unreachable(error) {
+                return NymbleAPIError(
+                    .unreachable,
+                    endpoint: endpoint,
+                    detail: "cannot connect to \(hostAndPort): \(reason)"
+                )
+            }
+            return NymbleAPIError(.transport, endpoint: endpoint, detail: Self.describeTransport(error))
         }
     }
 
     private static func error(
         endpoint: String,
         status: Int,
-        headers: HTTPHeaders,
+        retryAfter header: String?,
         excerpt: String?
     )
         -> NymbleAPIError
@@ -204,7 +281,7 @@ public struct NymbleClient: Sendable {
                 detail: "OrganizationId or UserId missing or malformed" + suffix
             )
         case 429:
-            let retryAfter = RetryAfter.parse(headers.first(name: "Retry-After"))
+            let retryAfter = RetryAfter.parse(header)
             return NymbleAPIError(
                 .rateLimited,
                 endpoint: endpoint,
@@ -225,7 +302,7 @@ public struct NymbleClient: Sendable {
     }
 
     /// At most 200 characters of an error body, as text, with the token (if echoed) removed.
-    private static func excerpt(_ bytes: Data, scrubbing token: String) -> String {
+    private static func excerpt(_ bytes: some Collection<UInt8>, scrubbing token: String) -> String {
         let text = String(decoding: bytes.prefix(400), as: UTF8.self)
             .replacingOccurrences(of: token, with: "<redacted>")
             .replacingOccurrences(of: "\n", with: " ")
@@ -263,14 +340,7 @@ public struct NymbleClient: Sendable {
                 detail: "the answer is larger than \(configuration.maximumResponseBytes) bytes"
             )
         } catch {
-            if let reason = Self.unreachable(error) {
-                throw NymbleAPIError(
-                    .unreachable,
-                    endpoint: endpoint,
-                    detail: "cannot connect to \(hostAndPort): \(reason)"
-                )
-            }
-            throw NymbleAPIError(.transport, endpoint: endpoint, detail: Self.describeTransport(error))
+            throw transportError(error, endpoint: endpoint)
         }
     }
 
@@ -322,6 +392,23 @@ public struct NymbleClient: Sendable {
 
 /// Minimal JSON string quoting, for request bodies (faster than JSONEncoder for two fields) and log lines.
 public enum JSONText {
+    /// Writes `text` as a JSON string literal into `buffer`: its bytes as they are when nothing needs
+    /// escaping (the usual id), else through ``quoted(_:)``.
+    public static func write(_ text: String, into buffer: inout ByteBuffer) {
+        var plain = true
+        for byte in text.utf8 where byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") {
+            plain = false
+            break
+        }
+        guard plain else {
+            buffer.writeString(quoted(text))
+            return
+        }
+        buffer.writeInteger(UInt8(ascii: "\""))
+        buffer.writeString(text)
+        buffer.writeInteger(UInt8(ascii: "\""))
+    }
+
     /// `text` as a JSON string literal, quotes included.
     public static func quoted(_ text: String) -> String {
         var result = "\""

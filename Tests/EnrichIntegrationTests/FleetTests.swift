@@ -379,7 +379,7 @@ struct FleetTests {
                             let (calls, gap) = worker == 0 ? (10, 150) : (75, 20)
                             for _ in 0..<calls {
                                 _ = try await throttle.acquire()
-                                await throttle.accepted()
+                                throttle.accepted()
                                 accepted.add(worker)
                                 try await Task.sleep(for: .milliseconds(gap))
                             }

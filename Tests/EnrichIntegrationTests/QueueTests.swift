@@ -40,6 +40,30 @@ struct QueueTests {
         #expect(try await queue.exactCounts() == QueueCounts(pending: 100))
     }
 
+    @Test("a queue filled without planner statistics is analyzed once, then left to autovacuum")
+    func staleStatisticsAreRefreshed() async throws {
+        let database = try TestDatabase.require()
+        let queue = Queue(database: database)
+        _ = try await enqueue(queue, Self.pairs(3_000))
+        let schema = "\"" + database.configuration.schema + "\""
+        let analyzed: PostgresQuery = """
+            SELECT count(*) FROM pg_stats WHERE schemaname = \(database.configuration.schema)
+                AND tablename = 'queue_items' AND attname = 'available_at'
+            """
+        #expect(try await database.query("stats", analyzed).first?.decode(Int64.self) == 0, "no statistics yet")
+        #expect(try await queue.refreshStatisticsIfStale(), "missing statistics are refreshed")
+        #expect(try await database.query("stats", analyzed).first?.decode(Int64.self) == 1)
+        // With them the claim walks the claim index and stops after the batch (no scan and sort of the queue).
+        let plan = try await database.query(
+            "explain",
+            """
+            EXPLAIN SELECT id FROM \(unescaped: schema).queue_items WHERE state = 'pending' AND available_at <= now()
+            ORDER BY available_at, id LIMIT 500 FOR UPDATE SKIP LOCKED
+            """
+        ).map { try $0.decode(String.self) }.joined(separator: "\n")
+        #expect(plan.contains("Index Scan using queue_items_claim_idx") && !plan.contains("Sort"), "\(plan)")
+    }
+
     @Test("two concurrent claimers never receive the same row, over many rounds")
     func concurrentClaimersNeverShareARow() async throws {
         let queue = Queue(database: try TestDatabase.require())

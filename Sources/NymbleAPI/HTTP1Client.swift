@@ -1,0 +1,359 @@
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+import Synchronization
+
+/// An answer read whole: its status, the one header the client acts on, and the body (at most the cap).
+struct HTTP1Answer: Sendable {
+    var status: Int
+    var retryAfter: String?
+    var body: ByteBuffer
+    /// Whether the connection may carry the next request.
+    var keepAlive: Bool
+}
+
+/// Why an exchange did not produce an answer.
+enum HTTP1Failure: Error, Sendable, Equatable {
+    /// The body grew past the client's cap; the connection was closed.
+    case tooLarge
+    /// No whole answer within the request timeout; the connection was closed.
+    case timedOut
+    /// The connection closed before the whole answer arrived.
+    case closed
+    /// The bytes received are not an HTTP/1.1 answer.
+    case invalidAnswer
+    /// The client was shut down.
+    case shutDown
+}
+
+/// A lean HTTP/1.1 client for the hot path: keep-alive connections to one origin (TLS through NIOSSL for
+/// `https`), each request one pre-encoded buffer and one write, the answer parsed by NIOHTTP1's decoder
+/// and collected whole up to a cap.
+///
+/// Why not AsyncHTTPClient for `/access` (it still does the rare login): per request it parses the URL,
+/// builds and encodes a header list, runs its pool's state machine and streams the body through an async
+/// sequence, hopping between the caller and the event loop several times; profiled, that was about half
+/// of the runner's CPU per pair (BENCHMARKS.md, "Hot path"). Here a request is a buffer written from the
+/// caller's thread and an answer is one promise completed on the event loop.
+///
+/// Requests are not retried: a connection that fails mid-exchange fails the call (the runner retries the
+/// row with backoff), since `POST /access` may already have been served.
+final class HTTP1Client: Sendable {
+    struct Origin: Sendable {
+        var host: String
+        var port: Int
+        var tls: Bool
+
+        /// The `Host` header's value: the port only when it is not the scheme's default.
+        var hostHeader: String {
+            let name = host.contains(":") ? "[\(host)]" : host
+            return port == (tls ? 443 : 80) ? name : "\(name):\(port)"
+        }
+
+        /// The origin of a base URL `http(s)://host[:port][/path]` and its path (empty or starting with `/`,
+        /// without a trailing slash); nil when it is not one.
+        static func parse(baseURL: String) -> (Origin, basePath: String)? {
+            let tls: Bool
+            let rest: Substring
+            if baseURL.hasPrefix("https://") {
+                (tls, rest) = (true, baseURL.dropFirst(8))
+            } else if baseURL.hasPrefix("http://") {
+                (tls, rest) = (false, baseURL.dropFirst(7))
+            } else {
+                return nil
+            }
+            let slash = rest.firstIndex(of: "/") ?? rest.endIndex
+            let authority = rest[..<slash]
+            var path = String(rest[slash...])
+            while path.hasSuffix("/") { path.removeLast() }
+            guard !path.contains("?"), !path.contains("#"), !path.contains(" ") else { return nil }
+            var host = authority
+            var port = tls ? 443 : 80
+            if authority.hasPrefix("[") {  // an IPv6 literal
+                guard let close = authority.firstIndex(of: "]") else { return nil }
+                host = authority[authority.index(after: authority.startIndex)..<close]
+                let after = authority[authority.index(after: close)...]
+                if !after.isEmpty {
+                    guard after.hasPrefix(":"), let number = Int(after.dropFirst()) else { return nil }
+                    port = number
+                }
+            } else if let colon = authority.lastIndex(of: ":") {
+                guard let number = Int(authority[authority.index(after: colon)...]) else { return nil }
+                host = authority[..<colon]
+                port = number
+            }
+            guard !host.isEmpty, !host.contains("@"), (1...65535).contains(port) else { return nil }
+            return (Origin(host: String(host), port: port, tls: tls), path)
+        }
+    }
+
+    let origin: Origin
+    private let group: any EventLoopGroup
+    private let sslContext: NIOSSLContext?
+    private let connectTimeout: TimeAmount
+    private let requestTimeout: TimeAmount
+    private let maximumResponseBytes: Int
+    private let maximumIdle: Int
+    private let pool = Mutex<(idle: [any Channel], shutDown: Bool)>(([], false))
+
+    init(
+        origin: Origin,
+        tlsConfiguration: TLSConfiguration = .makeClientConfiguration(),
+        connectTimeout: Duration,
+        requestTimeout: Duration,
+        maximumResponseBytes: Int,
+        maximumIdle: Int,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) throws {
+        self.origin = origin
+        self.group = group
+        self.sslContext = origin.tls ? try NIOSSLContext(configuration: tlsConfiguration) : nil
+        self.connectTimeout = TimeAmount(connectTimeout)
+        self.requestTimeout = TimeAmount(requestTimeout)
+        self.maximumResponseBytes = maximumResponseBytes
+        self.maximumIdle = max(1, maximumIdle)
+    }
+
+    /// Sends `request` (a whole HTTP/1.1 request, see ``HTTP1RequestTemplate``) and reads the answer.
+    ///
+    /// - Throws: ``HTTP1Failure``, a connect error (`NIOConnectionError`, `ChannelError.connectTimeout`,
+    ///   `IOError`), or `CancellationError` when the task was cancelled (the connection is closed).
+    func send(_ request: ByteBuffer) async throws -> HTTP1Answer {
+        let channel = try await lease()
+        let answer = channel.eventLoop.makePromise(of: HTTP1Answer.self)
+        let written = channel.eventLoop.makePromise(of: Void.self)
+        // A channel closed before the write reaches the handler fails the write, not the answer: both end it.
+        written.futureResult.whenFailure {
+            answer.fail($0 as? ChannelError == .ioOnClosedChannel ? HTTP1Failure.closed : $0)
+        }
+        channel.writeAndFlush(
+            HTTP1Exchange(request: request, answer: answer, timeout: requestTimeout),
+            promise: written
+        )
+        do {
+            let result = try await withTaskCancellationHandler {
+                try await answer.futureResult.get()
+            } onCancel: {
+                channel.close(promise: nil)
+            }
+            release(channel, reusable: result.keepAlive)
+            return result
+        } catch {
+            channel.close(promise: nil)
+            if Task.isCancelled { throw CancellationError() }
+            throw error
+        }
+    }
+
+    /// Closes the idle connections; connections in use are closed when their exchange ends.
+    func shutdown() {
+        let idle = pool.withLock { pool in
+            pool.shutDown = true
+            defer { pool.idle = [] }
+            return pool.idle
+        }
+        for channel in idle { channel.close(promise: nil) }
+    }
+
+    private func lease() async throws -> any Channel {
+        while true {
+            let (channel, shutDown) = pool.withLock { pool in (pool.idle.popLast(), pool.shutDown) }
+            if shutDown { throw HTTP1Failure.shutDown }
+            guard let channel else { break }
+            if channel.isActive { return channel }
+        }
+        return try await connect()
+    }
+
+    private func release(_ channel: any Channel, reusable: Bool) {
+        let kept =
+            reusable && channel.isActive
+            && pool.withLock { pool in
+                guard !pool.shutDown, pool.idle.count < maximumIdle else { return false }
+                pool.idle.append(channel)
+                return true
+            }
+        if !kept { channel.close(promise: nil) }
+    }
+
+    private func connect() async throws -> any Channel {
+        let sslContext = self.sslContext
+        let serverHostname = origin.host.isIPAddress ? nil : origin.host
+        let maximumResponseBytes = self.maximumResponseBytes
+        return try await ClientBootstrap(group: group)
+            .connectTimeout(connectTimeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let pipeline = channel.pipeline.syncOperations
+                    if let sslContext {
+                        try pipeline.addHandler(
+                            NIOSSLClientHandler(context: sslContext, serverHostname: serverHostname)
+                        )
+                    }
+                    try pipeline.addHandler(PreEncodedRequestWriter())
+                    try pipeline.addHandler(
+                        ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes))
+                    )
+                    try pipeline.addHandler(HTTP1ExchangeHandler(maximumResponseBytes: maximumResponseBytes))
+                }
+            }
+            .connect(host: origin.host, port: origin.port)
+            .get()
+    }
+}
+
+/// One request's bytes and where its answer goes.
+struct HTTP1Exchange: Sendable {
+    var request: ByteBuffer
+    var answer: EventLoopPromise<HTTP1Answer>
+    var timeout: TimeAmount
+}
+
+/// The bytes of requests to one path: everything but the bearer token and the body encoded once.
+struct HTTP1RequestTemplate: Sendable {
+    private let head: [UInt8]
+
+    /// `POST path` to `origin` with a JSON body.
+    init(post path: String, origin: HTTP1Client.Origin) {
+        head = Array(
+            ("POST \(path) HTTP/1.1\r\nHost: \(origin.hostHeader)\r\nContent-Type: application/json\r\n"
+                + "Accept: application/json\r\n").utf8
+        )
+    }
+
+    /// The request with `bearer` and `body`, in one buffer.
+    func request(bearer: String, body: some Collection<UInt8>) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        buffer.reserveCapacity(head.count + bearer.utf8.count + body.count + 64)
+        buffer.writeBytes(head)
+        buffer.writeStaticString("Authorization: Bearer ")
+        buffer.writeString(bearer)
+        buffer.writeStaticString("\r\nContent-Length: ")
+        buffer.writeString(String(body.count))
+        buffer.writeStaticString("\r\n\r\n")
+        buffer.writeBytes(body)
+        return buffer
+    }
+}
+
+/// Passes a pre-encoded request's bytes to the socket. The request head it drops is only there so that
+/// `HTTPResponseDecoder` (which watches outbound heads for the request method) knows what answers to expect.
+private final class PreEncodedRequestWriter: ChannelOutboundHandler, RemovableChannelHandler {
+    typealias OutboundIn = HTTPClientRequestPart
+    typealias OutboundOut = ByteBuffer
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch unwrapOutboundIn(data) {
+        case .body(.byteBuffer(let bytes)):
+            context.write(wrapOutboundOut(bytes), promise: promise)
+        case .head, .body, .end:
+            promise?.succeed()
+        }
+    }
+}
+
+@available(*, unavailable)
+extension PreEncodedRequestWriter: Sendable {}
+
+/// One exchange at a time on its connection: writes the request, collects the answer up to the cap,
+/// completes the exchange's promise exactly once (answer, timeout, closed connection, invalid bytes).
+private final class HTTP1ExchangeHandler: ChannelDuplexHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundIn = HTTP1Exchange
+    typealias OutboundOut = HTTPClientRequestPart
+
+    /// The head the response decoder sees for every request (it only reads the method).
+    private static let observedHead = HTTPRequestHead(version: .http1_1, method: .POST, uri: "/")
+
+    private let maximumResponseBytes: Int
+    private var pending: EventLoopPromise<HTTP1Answer>?
+    private var head: HTTPResponseHead?
+    private var body = ByteBuffer()
+    private var timeout: Scheduled<Void>?
+
+    init(maximumResponseBytes: Int) { self.maximumResponseBytes = maximumResponseBytes }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let exchange = unwrapOutboundIn(data)
+        guard pending == nil else {
+            exchange.answer.fail(HTTP1Failure.invalidAnswer)  // never: the pool leases a connection to one caller
+            promise?.succeed()
+            return
+        }
+        pending = exchange.answer
+        head = nil
+        body.clear()
+        let loop = context.eventLoop.assumeIsolated()
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        timeout = loop.scheduleTask(in: exchange.timeout) { [weak self] in
+            self?.fail(HTTP1Failure.timedOut, context: bound.value)
+        }
+        context.write(wrapOutboundOut(.head(Self.observedHead)), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(exchange.request))), promise: promise)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard pending != nil else { return }  // bytes after a failed exchange: the connection is closing
+        switch unwrapInboundIn(data) {
+        case .head(let received):
+            head = received
+        case .body(var part):
+            guard body.readableBytes + part.readableBytes <= maximumResponseBytes else {
+                fail(HTTP1Failure.tooLarge, context: context)
+                return
+            }
+            body.writeBuffer(&part)
+        case .end:
+            guard let head, let promise = pending else { return }
+            pending = nil
+            timeout?.cancel()
+            let answer = HTTP1Answer(
+                status: Int(head.status.code),
+                retryAfter: head.headers.first(name: "Retry-After"),
+                body: body,
+                keepAlive: head.isKeepAlive
+            )
+            body = ByteBuffer()
+            promise.succeed(answer)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        fail(HTTP1Failure.closed, context: context)
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        switch error {
+        case HTTPParserError.invalidEOFState: fail(HTTP1Failure.closed, context: context)  // closed mid-answer
+        case is HTTPParserError: fail(HTTP1Failure.invalidAnswer, context: context)
+        default: fail(error, context: context)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        fail(HTTP1Failure.closed, context: context, close: false)
+    }
+
+    /// Fails the exchange in progress (if any) and closes the connection: what is left of its answer
+    /// cannot be told from the next one's.
+    private func fail(_ error: any Error, context: ChannelHandlerContext, close: Bool = true) {
+        guard let promise = pending else { return }
+        pending = nil
+        timeout?.cancel()
+        promise.fail(error)
+        if close { context.close(promise: nil) }
+    }
+}
+
+@available(*, unavailable)
+extension HTTP1ExchangeHandler: Sendable {}
+
+extension String {
+    /// Whether this is an IPv4 or IPv6 literal (no SNI for those).
+    fileprivate var isIPAddress: Bool {
+        (try? SocketAddress(ipAddress: self, port: 0)) != nil
+    }
+}
