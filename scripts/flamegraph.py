@@ -14,7 +14,7 @@ import re
 import sys
 from collections import defaultdict
 
-WIDTH, ROW, FONT, MIN_WIDTH = 1400, 17, 11, 0.3
+WIDTH, ROW, FONT, MIN_WIDTH = 1400, 17, 11, 1.0
 
 
 def frames_of(block):
@@ -30,8 +30,15 @@ def frames_of(block):
         if match:
             symbol, module = match.group(1), match.group(2)
         symbol = re.sub(r"\+0x[0-9a-f]+$", "", symbol).strip()
+        library = module.rsplit("/", 1)[-1]
         if symbol in ("[unknown]", ""):
-            symbol = f"[{module.rsplit('/', 1)[-1] or 'unknown'}]"
+            symbol = f"[{library or 'unknown'}]"
+        if "kernel" in library:
+            symbol = "[k] " + symbol
+        elif library.startswith("libswift") or library.startswith("libdispatch"):
+            symbol = "[rt] " + symbol
+        elif library.startswith("libc.") or library.startswith("ld-linux"):
+            symbol = "[libc] " + symbol
         frames.append(symbol)
     frames.reverse()
     return frames
@@ -50,16 +57,20 @@ def fold(text):
 
 def colour(name):
     lower = name.lower()
-    if any(key in name for key in ("Enrich", "Nymble", "enrich")):
+    if name.startswith("[libc]"):
+        return "rgb(220,90,80)"
+    if any(key in name for key in ("Enrich", "Nymble", "enrich", "Throttle", "TokenStore", "ClaimedRows",
+                                   "ResultBuffer", "ResultWriter", "ItemProcessor", "Pipeline", "CommerceContext",
+                                   "HTTP1")):
         return "rgb(230,140,60)"
     if any(key in name for key in ("NIO", "HTTPClient", "AsyncHTTPClient", "llhttp", "c_nio")):
         return "rgb(90,150,220)"
     if "Postgres" in name:
         return "rgb(120,190,120)"
-    if any(key in lower for key in ("swift_task", "swift::", "concurrency", "continuation", "job", "executor")):
-        return "rgb(200,110,190)"
-    if name.startswith("[k]") or "kernel" in lower or name.startswith("entry_") or name.startswith("__x64"):
+    if name.startswith("[k]"):
         return "rgb(200,200,80)"
+    if name.startswith("[rt]") or any(key in lower for key in ("swift_task", "continuation", "executor")):
+        return "rgb(200,110,190)"
     return "rgb(220,90,80)"
 
 

@@ -2,6 +2,7 @@
 enum Migrations {
     static let all: [Migration] = [
         initialSchema, newWorkNotifications, claimsAndLiveness, fleetCoordination, fleetRate, runSamples,
+        volatileColumnStatistics,
     ]
 
     /// Version 1: the queue, its per-state counters, and the job runs (status) table.
@@ -290,6 +291,27 @@ enum Migrations {
             )
             """,
             "CREATE INDEX run_samples_at_idx ON {schema}.run_samples (at)",
+        ]
+    )
+
+    /// Version 7: no planner statistics for the lease columns. Their values change for every row during a
+    /// run, so whatever ANALYZE sees is wrong moments later: statistics taken while every row was pending say
+    /// `lease_owner` is always NULL, and the planner then wrote each batch back with a scan of the whole
+    /// table in a nested loop (200–360 ms per 500 rows instead of a few) after the run's own ANALYZE
+    /// (``Queue/refreshStatisticsIfStale()``). Without statistics it falls back to its default estimates
+    /// and joins by primary key. (Statistics an earlier ANALYZE left stay in the catalog, which only a
+    /// superuser can clear: the write-back compares the owner in a way no statistics reach, see
+    /// `Queue.writeBackQuery`.)
+    static let volatileColumnStatistics = Migration(
+        version: 7,
+        name: "no planner statistics for the lease columns",
+        statements: [
+            """
+            ALTER TABLE {schema}.queue_items
+                ALTER COLUMN lease_owner SET STATISTICS 0,
+                ALTER COLUMN lease_expires_at SET STATISTICS 0,
+                ALTER COLUMN job_run_id SET STATISTICS 0
+            """
         ]
     )
 }

@@ -63,6 +63,8 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
     /// While the budget fails, when to try it again (until then, blocks at this worker's share).
     private var budgetRetryAt: C.Instant?
     private var lastPauseCheck: C.Instant?
+    /// Whether the first look at the fleet's pause has been made (until then nobody sends).
+    private var firstPauseLookDone = false
     /// The fleet's congestion events this worker has slowed down for (nil: none seen yet).
     private var seenPauseEvents: Int64?
     /// An adaptive fleet: the rate its leader set (nil: unlimited, or no leader).
@@ -173,14 +175,18 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
                 try await wait(until: pausedUntil)
                 continue
             }
-            if budget != nil && consultingBudget {
+            if budget != nil && consultingBudget && !firstPauseLookDone {
                 await withCheckedContinuation { budgetWaiters.append($0) }
                 continue
             }
-            if let budget, lastPauseCheck.map({ $0.duration(to: now) >= .milliseconds(250) }) ?? true,
+            if let budget, !consultingBudget,
+                lastPauseCheck.map({ $0.duration(to: now) >= .milliseconds(250) }) ?? true,
                 budgetRetryAt.map({ now >= $0 }) ?? true
             {
-                // One look at the fleet's pause at a time; the other callers wait for it (at most a second).
+                // One look at the fleet's pause at a time. Nobody sends before the first (a worker may start
+                // during a fleet pause); the later ones, every quarter second, are the fallback for a lost
+                // NOTIFY and hold only the caller that makes them: holding every caller for each round trip
+                // cut a run of 512 tasks to 2,000 calls/s whenever the database was slow to answer.
                 lastPauseCheck = now
                 consultingBudget = true
                 let accepted = takeUnreported()
@@ -194,6 +200,7 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
                     returnUnreported(accepted)
                     budgetRetryAt = clock.now.advanced(by: .seconds(1))
                 }
+                firstPauseLookDone = true
                 finishConsultingBudget()
                 if sharedRate != nil { return nil }
                 continue
@@ -393,12 +400,12 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
         let now = clock.now
         var openUntil: C.Instant?
         let paused = pausedUntil.map { now < $0 } ?? false
-        if !stopping && !paused && !consultingBudget && controller.currentRate(now: now) == nil {
+        if !stopping && !paused && controller.currentRate(now: now) == nil {
             let span = now.advanced(by: Self.gateSpan)
             if budget == nil {
                 openUntil = span
-            } else if configuration.controller.maximumRate == nil && sharedRate == nil, let lastPauseCheck,
-                budgetRetryAt == nil
+            } else if configuration.controller.maximumRate == nil && sharedRate == nil, firstPauseLookDone,
+                let lastPauseCheck, budgetRetryAt == nil
             {
                 let due = lastPauseCheck.advanced(by: .milliseconds(250))
                 if due > now { openUntil = min(span, due) }

@@ -95,7 +95,28 @@ final class HTTP1Client: Sendable {
     private let requestTimeout: TimeAmount
     private let maximumResponseBytes: Int
     private let maximumIdle: Int
-    private let pool = Mutex<(idle: [any Channel], shutDown: Bool)>(([], false))
+    private let pool = Mutex(Pool())
+
+    /// Connections opened at once, at most: 512 callers connecting together overflowed a server's listen
+    /// backlog (256 is common), and a dropped SYN is retried only after a second; callers beyond this wait
+    /// for a connection another caller hands back or for a free connect slot.
+    static let maximumConnecting = 32
+
+    /// The pool's state, under one lock.
+    private struct Pool {
+        var idle: [any Channel] = []
+        var shutDown = false
+        var connecting = 0
+        /// Callers waiting for a connection: resumed with one, or with nil to look again (a connect slot
+        /// freed, a connection closed).
+        var waiters: [(id: UInt64, continuation: CheckedContinuation<(any Channel)?, any Error>)] = []
+        var nextWaiterID: UInt64 = 0
+
+        /// The first waiter, to resume outside the lock.
+        mutating func takeWaiter() -> CheckedContinuation<(any Channel)?, any Error>? {
+            waiters.isEmpty ? nil : waiters.removeFirst().continuation
+        }
+    }
 
     init(
         origin: Origin,
@@ -146,35 +167,123 @@ final class HTTP1Client: Sendable {
         }
     }
 
-    /// Closes the idle connections; connections in use are closed when their exchange ends.
+    /// Closes the idle connections and wakes the callers waiting for one; connections in use are closed when
+    /// their exchange ends.
     func shutdown() {
-        let idle = pool.withLock { pool in
+        let (idle, waiters) = pool.withLock { pool in
             pool.shutDown = true
-            defer { pool.idle = [] }
-            return pool.idle
+            defer {
+                pool.idle = []
+                pool.waiters = []
+            }
+            return (pool.idle, pool.waiters.map(\.continuation))
         }
         for channel in idle { channel.close(promise: nil) }
+        for waiter in waiters { waiter.resume(throwing: HTTP1Failure.shutDown) }
     }
 
+    /// An idle connection, a new one (at most ``maximumConnecting`` opening at once), or the first one
+    /// handed back while waiting (at most the request timeout).
     private func lease() async throws -> any Channel {
+        let deadline = ContinuousClock.now.advanced(by: Duration.nanoseconds(requestTimeout.nanoseconds))
         while true {
-            let (channel, shutDown) = pool.withLock { pool in (pool.idle.popLast(), pool.shutDown) }
-            if shutDown { throw HTTP1Failure.shutDown }
-            guard let channel else { break }
-            if channel.isActive { return channel }
+            enum Next {
+                case use(any Channel)
+                case connect
+                case wait(UInt64)
+            }
+            let next = try pool.withLock { pool -> Next in
+                if pool.shutDown { throw HTTP1Failure.shutDown }
+                while let channel = pool.idle.popLast() {
+                    if channel.isActive { return .use(channel) }
+                }
+                if pool.connecting < Self.maximumConnecting {
+                    pool.connecting += 1
+                    return .connect
+                }
+                pool.nextWaiterID += 1
+                return .wait(pool.nextWaiterID)
+            }
+            switch next {
+            case .use(let channel):
+                return channel
+            case .connect:
+                defer {
+                    // A connect slot is free again: the first waiter may take it.
+                    let waiter = pool.withLock { pool in
+                        pool.connecting -= 1
+                        return pool.takeWaiter()
+                    }
+                    waiter?.resume(returning: nil)
+                }
+                return try await connect()
+            case .wait(let id):
+                if let channel = try await waitForConnection(id: id, until: deadline) { return channel }
+            }
         }
-        return try await connect()
     }
 
-    private func release(_ channel: any Channel, reusable: Bool) {
-        let kept =
-            reusable && channel.isActive
-            && pool.withLock { pool in
-                guard !pool.shutDown, pool.idle.count < maximumIdle else { return false }
-                pool.idle.append(channel)
-                return true
+    /// Waits until a connection is handed over (returned), a slot frees (nil: look again), the deadline
+    /// passes (``HTTP1Failure/timedOut``) or the task is cancelled.
+    private func waitForConnection(
+        id: UInt64,
+        until deadline: ContinuousClock.Instant
+    ) async throws
+        -> (any Channel)?
+    {
+        let remaining = ContinuousClock.now.duration(to: deadline)
+        guard remaining > .zero else { throw HTTP1Failure.timedOut }
+        let timer = group.any().scheduleTask(in: TimeAmount(remaining)) { [self] in
+            let waiter = pool.withLock { pool -> CheckedContinuation<(any Channel)?, any Error>? in
+                guard let index = pool.waiters.firstIndex(where: { $0.id == id }) else { return nil }
+                return pool.waiters.remove(at: index).continuation
             }
-        if !kept { channel.close(promise: nil) }
+            waiter?.resume(throwing: HTTP1Failure.timedOut)
+        }
+        defer { timer.cancel() }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                let enqueued = pool.withLock { pool in
+                    guard !pool.shutDown, !Task.isCancelled else { return false }
+                    pool.waiters.append((id, continuation))
+                    return true
+                }
+                if !enqueued { continuation.resume(throwing: CancellationError()) }
+            }
+        } onCancel: { [self] in
+            let waiter = pool.withLock { pool -> CheckedContinuation<(any Channel)?, any Error>? in
+                guard let index = pool.waiters.firstIndex(where: { $0.id == id }) else { return nil }
+                return pool.waiters.remove(at: index).continuation
+            }
+            waiter?.resume(throwing: CancellationError())
+        }
+    }
+
+    /// Hands a connection that can carry another request to the first waiter, or keeps it idle; closes it
+    /// otherwise (and lets a waiter open a new one).
+    private func release(_ channel: any Channel, reusable: Bool) {
+        enum Outcome {
+            case handed(CheckedContinuation<(any Channel)?, any Error>)
+            case kept
+            case close(CheckedContinuation<(any Channel)?, any Error>?)
+        }
+        let active = reusable && channel.isActive
+        let outcome = pool.withLock { pool -> Outcome in
+            guard active, !pool.shutDown else { return .close(pool.takeWaiter()) }
+            if let waiter = pool.takeWaiter() { return .handed(waiter) }
+            guard pool.idle.count < maximumIdle else { return .close(nil) }
+            pool.idle.append(channel)
+            return .kept
+        }
+        switch outcome {
+        case .handed(let waiter):
+            waiter.resume(returning: channel)
+        case .kept:
+            break
+        case .close(let waiter):
+            channel.close(promise: nil)
+            waiter?.resume(returning: nil)
+        }
     }
 
     private func connect() async throws -> any Channel {

@@ -145,6 +145,38 @@ private func call(
     }
 }
 
+/// `callers` concurrent calls through one client: how many were answered, how many failed in transport.
+private func concurrentCalls(
+    _ baseURL: String,
+    callers: Int,
+    requestTimeout: Duration
+) async throws -> (ok: Int, transport: Int) {
+    try await NymbleClient.withClient(
+        configuration: .init(baseURL: baseURL, maximumConnections: callers, requestTimeout: requestTimeout),
+        logger: quietLogger
+    ) { client in
+        await withTaskGroup(of: NymbleAPIError.Code?.self) { group in
+            for index in 0..<callers {
+                group.addTask {
+                    do {
+                        _ = try await client.access(organizationId: "o", userId: "u\(index)", token: AccessToken("t"))
+                        return nil
+                    } catch let error as NymbleAPIError {
+                        return error.code
+                    } catch {
+                        return .unexpectedStatus
+                    }
+                }
+            }
+            var counts = (ok: 0, transport: 0)
+            for await code in group {
+                if code == nil { counts.ok += 1 } else if code == .transport { counts.transport += 1 }
+            }
+            return counts
+        }
+    }
+}
+
 @Suite("The hot-path HTTP client against a misbehaving server over loopback", .timeLimit(.minutes(2)))
 struct HTTPFaultTests {
     @Test("keep-alive: consecutive calls share one connection; nulls stay null")
@@ -284,6 +316,25 @@ struct HTTPFaultTests {
             let refused = try await call(url).error  // the system's trust roots do not know this certificate
             #expect(refused?.code == .transport, "\(String(describing: refused))")
             #expect(contexts.count == 3 && server.requests == 3, "nothing was sent over the refused connection")
+        }
+    }
+
+    @Test("300 callers at once share the pool: every call answered, no more connections than callers")
+    func manyCallers() async throws {
+        try await FaultServer.withRunning(.bytes(answer("200 OK", body: goodBody))) { server, url in
+            let answered = try await concurrentCalls(url, callers: 300, requestTimeout: .seconds(20))
+            #expect(answered.ok == 300, "\(answered)")
+            #expect(server.connections <= 300 && server.requests == 300, "\(server.connections)")
+        }
+    }
+
+    @Test("callers waiting for a connection to a silent server give up at the request timeout, none hangs")
+    func waitersTimeOut() async throws {
+        try await FaultServer.withRunning(.silence) { _, url in
+            let started = ContinuousClock.now
+            let answered = try await concurrentCalls(url, callers: 100, requestTimeout: .milliseconds(700))
+            #expect(answered.ok == 0 && answered.transport == 100, "\(answered)")
+            #expect(started.duration(to: .now) < .seconds(5), "\(started.duration(to: .now))")
         }
     }
 

@@ -171,7 +171,9 @@ struct PipelineTests {
         )
         #expect(report.state == .interrupted, "stopped because asked to, whatever failed while stopping")
         #expect(report.error == nil)
-        #expect(store.ends.map(\.state) == [.interrupted])
+        // Recorded once, or twice when the stop deadline's last-resort record came first (the failing writes
+        // are retried until then): never as failed.
+        #expect(!store.ends.isEmpty && store.ends.allSatisfy { $0.state == .interrupted }, "\(store.ends)")
     }
 
     @Test("a 429 pauses every task for its Retry-After, and the row is retried in place without spending an attempt")
