@@ -142,6 +142,10 @@ final class HTTP1Client: Sendable {
     ///   `IOError`), or `CancellationError` when the task was cancelled (the connection is closed).
     func send(_ request: ByteBuffer) async throws -> HTTP1Answer {
         let channel = try await lease()
+        if Task.isCancelled {  // cancelled while connecting: send nothing the server might serve unread
+            release(channel, reusable: true)
+            throw CancellationError()
+        }
         let answer = channel.eventLoop.makePromise(of: HTTP1Answer.self)
         let written = channel.eventLoop.makePromise(of: Void.self)
         // A channel closed before the write reaches the handler fails the write, not the answer: both end it.
@@ -158,7 +162,8 @@ final class HTTP1Client: Sendable {
             } onCancel: {
                 channel.close(promise: nil)
             }
-            release(channel, reusable: result.keepAlive)
+            // A cancellation that came after the answer has begun closing the connection: do not lend it.
+            release(channel, reusable: result.keepAlive && !Task.isCancelled)
             return result
         } catch {
             channel.close(promise: nil)
@@ -233,29 +238,48 @@ final class HTTP1Client: Sendable {
     {
         let remaining = ContinuousClock.now.duration(to: deadline)
         guard remaining > .zero else { throw HTTP1Failure.timedOut }
-        let timer = group.any().scheduleTask(in: TimeAmount(remaining)) { [self] in
-            let waiter = pool.withLock { pool -> CheckedContinuation<(any Channel)?, any Error>? in
-                guard let index = pool.waiters.firstIndex(where: { $0.id == id }) else { return nil }
-                return pool.waiters.remove(at: index).continuation
-            }
-            waiter?.resume(throwing: HTTP1Failure.timedOut)
-        }
+        let timer = TimerBox()
         defer { timer.cancel() }
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { continuation in
-                let enqueued = pool.withLock { pool in
-                    guard !pool.shutDown, !Task.isCancelled else { return false }
-                    pool.waiters.append((id, continuation))
-                    return true
+                enum Listed {
+                    case listed
+                    case lookAgain
+                    case failed(any Error)
                 }
-                if !enqueued { continuation.resume(throwing: CancellationError()) }
+                // Decided under the same lock as the list, so that a connection returned or a connect slot
+                // freed since the caller looked is not missed.
+                let listed = pool.withLock { pool -> Listed in
+                    if pool.shutDown { return .failed(HTTP1Failure.shutDown) }
+                    if Task.isCancelled { return .failed(CancellationError()) }
+                    if !pool.idle.isEmpty || pool.connecting < Self.maximumConnecting { return .lookAgain }
+                    pool.waiters.append((id, continuation))
+                    return .listed
+                }
+                switch listed {
+                case .failed(let error):
+                    continuation.resume(throwing: error)
+                case .lookAgain:
+                    continuation.resume(returning: nil)
+                case .listed:
+                    // Set once the waiter is listed, so that it always finds it (or finds it already resumed).
+                    timer.set(
+                        group.any().scheduleTask(in: TimeAmount(remaining)) { [self] in
+                            removeWaiter(id)?.resume(throwing: HTTP1Failure.timedOut)
+                        }
+                    )
+                }
             }
         } onCancel: { [self] in
-            let waiter = pool.withLock { pool -> CheckedContinuation<(any Channel)?, any Error>? in
-                guard let index = pool.waiters.firstIndex(where: { $0.id == id }) else { return nil }
-                return pool.waiters.remove(at: index).continuation
-            }
-            waiter?.resume(throwing: CancellationError())
+            removeWaiter(id)?.resume(throwing: CancellationError())
+        }
+    }
+
+    /// Takes waiter `id` off the list, if it is still there.
+    private func removeWaiter(_ id: UInt64) -> CheckedContinuation<(any Channel)?, any Error>? {
+        pool.withLock { pool in
+            guard let index = pool.waiters.firstIndex(where: { $0.id == id }) else { return nil }
+            return pool.waiters.remove(at: index).continuation
         }
     }
 
@@ -310,6 +334,27 @@ final class HTTP1Client: Sendable {
             }
             .connect(host: origin.host, port: origin.port)
             .get()
+    }
+}
+
+/// A waiter's timer, set once it is listed and cancelled when the wait ends.
+private final class TimerBox: Sendable {
+    private let scheduled = Mutex<(task: Scheduled<Void>?, cancelled: Bool)>((nil, false))
+
+    func set(_ task: Scheduled<Void>) {
+        let cancelNow = scheduled.withLock { state in
+            state.task = task
+            return state.cancelled
+        }
+        if cancelNow { task.cancel() }
+    }
+
+    func cancel() {
+        let task = scheduled.withLock { state in
+            state.cancelled = true
+            return state.task
+        }
+        task?.cancel()
     }
 }
 
@@ -436,10 +481,15 @@ private final class HTTP1ExchangeHandler: ChannelDuplexHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         switch error {
-        case HTTPParserError.invalidEOFState: fail(HTTP1Failure.closed, context: context)  // closed mid-answer
-        case is HTTPParserError: fail(HTTP1Failure.invalidAnswer, context: context)
+        case HTTPParserError.invalidEOFState, NIOSSLError.uncleanShutdown:
+            fail(HTTP1Failure.closed, context: context)  // closed mid-answer
+        case is HTTPParserError, is NIOHTTPDecoderError, is ByteToMessageDecoderError:
+            fail(HTTP1Failure.invalidAnswer, context: context)
         default: fail(error, context: context)
         }
+        // Also with no exchange pending (bytes nobody asked for on an idle connection): its decoder is in an
+        // error state now, and an idle connection must not be lent again.
+        context.close(promise: nil)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {

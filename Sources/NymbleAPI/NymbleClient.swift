@@ -153,8 +153,9 @@ public struct NymbleClient: Sendable {
                 let TokenType: String
                 let ExpiresIn: Int64
             }
+            // A token is sent in a header: control characters in it would split the request.
             guard let answer = try? JSONDecoder().decode(Answer.self, from: bytes), !answer.AccessToken.isEmpty,
-                answer.ExpiresIn > 0
+                answer.AccessToken.utf8.allSatisfy({ $0 >= 0x20 && $0 != 0x7F }), answer.ExpiresIn > 0
             else {
                 throw NymbleAPIError(
                     .undecodable,
