@@ -350,7 +350,7 @@ struct FleetTests {
     }
 
     @Test(
-        "three adaptive workers over PostgreSQL: one leads, a 429 cuts the fleet's rate once and all follow it, the lead passes on within 3 s"
+        "three adaptive workers over PostgreSQL: one leads, a 429 cuts the fleet's rate once and all follow it, the lead passes on within 3–4 s"
     )
     func oneLeaderOverPostgres() async throws {
         try await TestDatabase.withFreshSchema { database in
@@ -425,7 +425,9 @@ struct FleetTests {
                     try await Task.sleep(for: .milliseconds(50))
                 }
                 let takeover = try #require(taken, "no worker took the lead within 5 s")
-                #expect(takeover <= .seconds(3), "the lead passed on in \(takeover)")
+                // The lease (2 s) runs out, then a follower tries within its next second: 3 s, plus the
+                // statements' time on a loaded machine (3.03 s seen on CI).
+                #expect(takeover <= .seconds(4), "the lead passed on in \(takeover)")
                 let after = try #require(try await FleetStatus.read(database).budgets.first)
                 #expect(after.leader?.hasPrefix("worker ") == true && after.leader != "worker 0")
                 #expect(after.sharedRate.map { abs($0 - rate) < rate * 0.3 } == true, "the rate goes on: \(after)")
