@@ -25,6 +25,8 @@ enum HTTP1Failure: Error, Sendable, Equatable {
     case invalidAnswer
     /// The client was shut down.
     case shutDown
+    /// No connection came free within the request timeout (nothing was sent).
+    case noConnection
 }
 
 /// A lean HTTP/1.1 client for the hot path: keep-alive connections to one origin (TLS through NIOSSL for
@@ -95,6 +97,8 @@ final class HTTP1Client: Sendable {
     private let requestTimeout: TimeAmount
     private let maximumResponseBytes: Int
     private let maximumIdle: Int
+    /// How long a connection may sit idle and still be lent.
+    private let maximumIdleTime: Duration
     private let pool = Mutex(Pool())
 
     /// Connections opened at once, at most: 512 callers connecting together overflowed a server's listen
@@ -104,7 +108,8 @@ final class HTTP1Client: Sendable {
 
     /// The pool's state, under one lock.
     private struct Pool {
-        var idle: [any Channel] = []
+        /// Connections that can carry a request, the most recently used last, with when they went idle.
+        var idle: [(channel: any Channel, since: ContinuousClock.Instant)] = []
         var shutDown = false
         var connecting = 0
         /// Callers waiting for a connection: resumed with one, or with nil to look again (a connect slot
@@ -125,6 +130,7 @@ final class HTTP1Client: Sendable {
         requestTimeout: Duration,
         maximumResponseBytes: Int,
         maximumIdle: Int,
+        maximumIdleTime: Duration = .seconds(60),
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) throws {
         self.origin = origin
@@ -134,6 +140,7 @@ final class HTTP1Client: Sendable {
         self.requestTimeout = TimeAmount(requestTimeout)
         self.maximumResponseBytes = maximumResponseBytes
         self.maximumIdle = max(1, maximumIdle)
+        self.maximumIdleTime = maximumIdleTime
     }
 
     /// Sends `request` (a whole HTTP/1.1 request, see ``HTTP1RequestTemplate``) and reads the answer.
@@ -181,7 +188,7 @@ final class HTTP1Client: Sendable {
                 pool.idle = []
                 pool.waiters = []
             }
-            return (pool.idle, pool.waiters.map(\.continuation))
+            return (pool.idle.map(\.channel), pool.waiters.map(\.continuation))
         }
         for channel in idle { channel.close(promise: nil) }
         for waiter in waiters { waiter.resume(throwing: HTTP1Failure.shutDown) }
@@ -197,10 +204,20 @@ final class HTTP1Client: Sendable {
                 case connect
                 case wait(UInt64)
             }
+            let now = ContinuousClock.now
+            var expired: [any Channel] = []
+            defer { for channel in expired { channel.close(promise: nil) } }
             let next = try pool.withLock { pool -> Next in
                 if pool.shutDown { throw HTTP1Failure.shutDown }
-                while let channel = pool.idle.popLast() {
-                    if channel.isActive { return .use(channel) }
+                // Connections idle for longer than ``maximumIdleTime`` are closed rather than lent: a server
+                // closing one just as a request goes out would fail that call.
+                pool.idle.removeAll { entry in
+                    guard entry.since.duration(to: now) > maximumIdleTime else { return false }
+                    expired.append(entry.channel)
+                    return true
+                }
+                while let entry = pool.idle.popLast() {
+                    if entry.channel.isActive { return .use(entry.channel) }
                 }
                 if pool.connecting < Self.maximumConnecting {
                     pool.connecting += 1
@@ -237,7 +254,7 @@ final class HTTP1Client: Sendable {
         -> (any Channel)?
     {
         let remaining = ContinuousClock.now.duration(to: deadline)
-        guard remaining > .zero else { throw HTTP1Failure.timedOut }
+        guard remaining > .zero else { throw HTTP1Failure.noConnection }
         let timer = TimerBox()
         defer { timer.cancel() }
         return try await withTaskCancellationHandler {
@@ -265,7 +282,7 @@ final class HTTP1Client: Sendable {
                     // Set once the waiter is listed, so that it always finds it (or finds it already resumed).
                     timer.set(
                         group.any().scheduleTask(in: TimeAmount(remaining)) { [self] in
-                            removeWaiter(id)?.resume(throwing: HTTP1Failure.timedOut)
+                            removeWaiter(id)?.resume(throwing: HTTP1Failure.noConnection)
                         }
                     )
                 }
@@ -296,7 +313,7 @@ final class HTTP1Client: Sendable {
             guard active, !pool.shutDown else { return .close(pool.takeWaiter()) }
             if let waiter = pool.takeWaiter() { return .handed(waiter) }
             guard pool.idle.count < maximumIdle else { return .close(nil) }
-            pool.idle.append(channel)
+            pool.idle.append((channel, ContinuousClock.now))
             return .kept
         }
         switch outcome {

@@ -24,6 +24,8 @@ public struct NymbleClientConfiguration: Sendable {
     /// How the API's certificate is verified for `https`: the system's trust roots and full verification
     /// by default.
     public var tlsConfiguration: TLSConfiguration
+    /// A connection idle for longer is closed instead of reused (servers close idle ones too).
+    public var idleTimeout: Duration
 
     public init(
         baseURL: String = "https://api.achievemomentum.com",
@@ -31,7 +33,8 @@ public struct NymbleClientConfiguration: Sendable {
         connectTimeout: Duration = .seconds(5),
         requestTimeout: Duration = .seconds(30),
         maximumResponseBytes: Int = 64 * 1024,
-        tlsConfiguration: TLSConfiguration = .makeClientConfiguration()
+        tlsConfiguration: TLSConfiguration = .makeClientConfiguration(),
+        idleTimeout: Duration = .seconds(60)
     ) {
         self.baseURL = baseURL
         self.maximumConnections = maximumConnections
@@ -39,6 +42,7 @@ public struct NymbleClientConfiguration: Sendable {
         self.requestTimeout = requestTimeout
         self.maximumResponseBytes = maximumResponseBytes
         self.tlsConfiguration = tlsConfiguration
+        self.idleTimeout = idleTimeout
     }
 }
 
@@ -70,13 +74,16 @@ public struct NymbleClient: Sendable {
         http.tlsConfiguration = configuration.tlsConfiguration
         http.timeout = .init(connect: .init(configuration.connectTimeout), read: .init(configuration.requestTimeout))
         http.connectionPool = .init(
-            idleTimeout: .seconds(60),
+            idleTimeout: .init(configuration.idleTimeout),
             concurrentHTTP1ConnectionsPerHostSoftLimit: max(1, configuration.maximumConnections)
         )
         http.decompression = .disabled
         http.redirectConfiguration = .disallow
         var login = http
-        login.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 1)
+        login.connectionPool = .init(
+            idleTimeout: .init(configuration.idleTimeout),
+            concurrentHTTP1ConnectionsPerHostSoftLimit: 1
+        )
         login.connectionPool.retryConnectionEstablishment = false
         guard let (origin, basePath) = HTTP1Client.Origin.parse(baseURL: configuration.normalizedBaseURL) else {
             throw NymbleAPIError(
@@ -91,7 +98,8 @@ public struct NymbleClient: Sendable {
             connectTimeout: configuration.connectTimeout,
             requestTimeout: configuration.requestTimeout,
             maximumResponseBytes: configuration.maximumResponseBytes,
-            maximumIdle: configuration.maximumConnections
+            maximumIdle: configuration.maximumConnections,
+            maximumIdleTime: configuration.idleTimeout
         )
         defer { accessHTTP.shutdown() }
         return try await HTTPClient.withHTTPClient(configuration: http) { httpClient in
@@ -250,6 +258,12 @@ public struct NymbleClient: Sendable {
             return NymbleAPIError(.transport, endpoint: endpoint, detail: "the answer is not HTTP/1.1")
         case HTTP1Failure.shutDown:
             return NymbleAPIError(.transport, endpoint: endpoint, detail: "the client is shut down")
+        case HTTP1Failure.noConnection:
+            return NymbleAPIError(
+                .transport,
+                endpoint: endpoint,
+                detail: "no connection to \(hostAndPort) came free within the request timeout; nothing was sent"
+            )
         case ChannelError.connectTimeout:
             return NymbleAPIError(.transport, endpoint: endpoint, detail: "connect timeout")
         default:

@@ -190,6 +190,22 @@ struct HTTPFaultTests {
         }
     }
 
+    @Test("a connection idle for longer than the idle timeout is closed, not reused")
+    func idleTimeout() async throws {
+        try await FaultServer.withRunning(.bytes(answer("200 OK", body: goodBody))) { server, url in
+            try await NymbleClient.withClient(
+                configuration: .init(baseURL: url, idleTimeout: .milliseconds(200)),
+                logger: quietLogger
+            ) { client in
+                for index in 0..<4 {
+                    _ = try await client.access(organizationId: "o", userId: "u\(index)", token: AccessToken("t"))
+                    if index == 1 { try await Task.sleep(for: .milliseconds(400)) }
+                }
+            }
+            #expect(server.requests == 4 && server.connections == 2, "\(server.connections) connections")
+        }
+    }
+
     @Test("an answer with Connection: close is read whole and the next call opens a new connection")
     func connectionClose() async throws {
         let reply = answer("200 OK", body: goodBody, headers: "Connection: close\r\n")
