@@ -85,7 +85,7 @@ struct WorkerTests {
             let share = Double(stats.access429) / Double(stats.accessCalls)
             let throughput = Double(rows) / report.elapsed.inSeconds
             print(
-                "rate limit \(Int(limit))/s, Retry-After \(style): \(Int(throughput)) rows/s, \(stats.access429) 429s of \(stats.accessCalls) calls (\(String(format: "%.1f", share * 100))%)"
+                "rate limit \(Int(limit))/s, Retry-After \(style): \(Int(throughput)) rows/s, \(stats.access429) 429s of \(stats.accessCalls) calls (\(String(format: "%.1f", share * 100))%), \(report.statistics.counters.retried) retried, \(String(format: "%.1f", report.elapsed.inSeconds)) s"
             )
             #expect(report.state == .succeeded && report.statistics.counters.succeeded == Int64(rows))
             #expect(stats.access429 > 0, "the limit was never reached: the test does not test anything")
