@@ -345,7 +345,7 @@ struct FleetTests {
             _ = try await second.acquire()
             let waited = before.duration(to: .now)
             #expect(waited >= .milliseconds(1200), "the other worker paused too (waited \(waited))")
-            #expect(waited < .seconds(5))
+            #expect(waited < .seconds(8), "held for the pause, not stuck (5.2 s seen on a loaded CI run)")
         }
     }
 

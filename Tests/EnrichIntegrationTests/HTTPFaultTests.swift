@@ -335,12 +335,13 @@ struct HTTPFaultTests {
         }
     }
 
-    @Test("300 callers at once share the pool: every call answered, no more connections than callers")
+    @Test("100 callers at once share the pool: every call answered, no more connections than callers")
     func manyCallers() async throws {
         try await FaultServer.withRunning(.bytes(answer("200 OK", body: goodBody))) { server, url in
-            let answered = try await concurrentCalls(url, callers: 300, requestTimeout: .seconds(20))
-            #expect(answered.ok == 300, "\(answered)")
-            #expect(server.connections <= 300 && server.requests == 300, "\(server.connections)")
+            // More callers than connections opened at once (32), without loading the rest of the suite.
+            let answered = try await concurrentCalls(url, callers: 100, requestTimeout: .seconds(20))
+            #expect(answered.ok == 100, "\(answered)")
+            #expect(server.connections <= 100 && server.requests == 100, "\(server.connections)")
         }
     }
 
@@ -348,8 +349,8 @@ struct HTTPFaultTests {
     func waitersTimeOut() async throws {
         try await FaultServer.withRunning(.silence) { _, url in
             let started = ContinuousClock.now
-            let answered = try await concurrentCalls(url, callers: 100, requestTimeout: .milliseconds(700))
-            #expect(answered.ok == 0 && answered.transport == 100, "\(answered)")
+            let answered = try await concurrentCalls(url, callers: 48, requestTimeout: .milliseconds(700))
+            #expect(answered.ok == 0 && answered.transport == 48, "\(answered)")
             #expect(started.duration(to: .now) < .seconds(5), "\(started.duration(to: .now))")
         }
     }
