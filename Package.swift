@@ -162,6 +162,7 @@ let package = Package(
             dependencies: [
                 "EnrichCore",
                 "NymbleAPI",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),

@@ -5,15 +5,19 @@ import Logging
 import NymbleSimulator
 import ServiceLifecycle
 
-/// `enrich simulate`: serves the Nymble API simulator until SIGINT/SIGTERM.
+/// `enrich simulate`: serves the API simulator (Nymble, B2B or AchieveApex) until SIGINT/SIGTERM.
 struct SimulateCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "simulate",
-        abstract: "Run a faithful simulator of the Nymble Commerce API (for the demo, tests and benchmarks).",
+        abstract: "Run a faithful simulator of the Nymble, B2B or AchieveApex API (for the demo, tests, benchmarks).",
         discussion: """
-            Serves POST /api/auth/login and POST /api/auth/access as the contract describes, GET /_stats \
-            (counters as JSON) and POST /_admin/revoke (revoke every token). Limits and faults are off by \
-            default. It accepts the contract's example credentials unless told others.
+            Serves one API as the contract describes, chosen with --dialect. nymble (the default): POST \
+            /api/auth/login and POST /api/auth/access. b2b: POST /auth/login, POST /auth/refresh (rotating \
+            refresh tokens), POST /api/v2/commerce/lookup and POST /_admin/revoke-refresh (revoke every refresh \
+            token). achieveapex: POST /authentication (strategies local and jwt), DELETE /authentication \
+            (logout) and POST /commerce-context. Every dialect also serves GET /_stats (counters as JSON) and \
+            POST /_admin/revoke (revoke every access token). Limits and faults are off by default. It accepts \
+            the contract's example credentials (and the username, email and password below) unless told others.
 
             \(SettingsHelp.text(for: Settings.Simulator.all))
             """
@@ -69,9 +73,10 @@ private struct Announcer: Service {
         let configuration = simulator.configuration
         try await simulator.run(onListening: { port in
             logger.notice(
-                "Nymble API simulator listening",
+                "API simulator listening",
                 metadata: [
                     "url": "http://\(configuration.host):\(port)",
+                    "dialect": "\(configuration.dialect)",
                     "token_lifetime": "\(configuration.tokenLifetime)",
                     "rate": "\(configuration.accessRate.map { "\($0)/s" } ?? "unlimited")",
                     "latency": "\(configuration.latency)",

@@ -16,11 +16,11 @@ public struct Fleet: Sendable {
     /// This process in the login lease: host and pid.
     public let owner: String
 
-    public init(database: Database, baseURL: String, credentials nymble: NymbleCredentials) {
-        let key = TokenSeal.credentialsKey(baseURL: baseURL, orgCode: nymble.orgCode, clientId: nymble.clientId)
+    public init(database: Database, baseURL: String, credentials api: APICredentials) {
+        let key = TokenSeal.credentialsKey(baseURL: baseURL, identity: api.identity)
         credentials = FleetCredentials(database: database, key: key)
         limiter = FleetLimiter(database: database, key: baseURL)
-        seal = TokenSeal(secret: nymble.clientSecret, credentialsKey: key)
+        seal = TokenSeal(secret: api.secret, credentialsKey: key)
         owner = "\(ProcessInfo.processInfo.hostName):\(ProcessInfo.processInfo.processIdentifier)"
     }
 
@@ -30,13 +30,14 @@ public struct Fleet: Sendable {
         try await limiter.prepare()
     }
 
-    /// The fleet's token for this process, logging in with `login` when this process has to.
+    /// The fleet's token for this process, logging in (or refreshing) with `authenticator` when this
+    /// process has to.
     public func tokens<C: Clock>(
         configuration: TokenStoreConfiguration,
         databaseRetryLimit: Duration,
         clock: C,
         logger: Logger,
-        login: @escaping @Sendable () async throws -> LoginGrant
+        authenticator: Authenticator
     ) -> SharedTokenStore<C> where C.Duration == Duration {
         let source = FleetTokenSource(
             credentials: credentials,
@@ -46,7 +47,7 @@ public struct Fleet: Sendable {
             databaseRetryLimit: databaseRetryLimit,
             clock: clock,
             logger: logger,
-            login: login
+            authenticator: authenticator
         )
         return SharedTokenStore(source: source, clock: clock, logger: logger)
     }

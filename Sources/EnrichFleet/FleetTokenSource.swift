@@ -20,14 +20,20 @@ import NymbleAPI
 /// - **Refused credentials** are recorded with a fingerprint of the secret: every worker with that secret
 ///   stops at once with the same message, until one logs in with another secret.
 ///
-/// The token is stored sealed (``TokenSeal``).
+/// - **Refresh tokens** (B2B): the lease holder renews with the fleet's refresh token while it is valid,
+///   taking it out of the row in the same statement (it rotates: it is never sent twice), and logs in when
+///   there is none or the API refuses it.
+/// - **End of session** (B2B, AchieveApex): the last worker of the schema to stop clears the tokens and
+///   logs out where the API offers it.
+///
+/// Tokens are stored sealed (``TokenSeal``).
 public actor FleetTokenSource<C: Clock>: TokenSource where C.Duration == Duration {
     public typealias Login = @Sendable () async throws -> LoginGrant
 
     private let credentials: FleetCredentials
     private let seal: TokenSeal
     private let owner: String
-    private let login: Login
+    private let authenticator: Authenticator
     private let clock: C
     private let configuration: TokenStoreConfiguration
     private let databaseRetryLimit: Duration
@@ -40,6 +46,7 @@ public actor FleetTokenSource<C: Clock>: TokenSource where C.Duration == Duratio
     /// Tokens of this generation or older are not used again (this process saw a 401 for them).
     private var rejectedGeneration: Int64 = 0
     private var logins = 0
+    private var refreshes = 0
 
     /// - Parameters:
     ///   - owner: this worker's name in the login lease (host, pid).
@@ -53,7 +60,7 @@ public actor FleetTokenSource<C: Clock>: TokenSource where C.Duration == Duratio
         databaseRetryLimit: Duration,
         clock: C,
         logger: Logger,
-        login: @escaping Login
+        authenticator: Authenticator
     ) {
         self.credentials = credentials
         self.seal = seal
@@ -62,7 +69,30 @@ public actor FleetTokenSource<C: Clock>: TokenSource where C.Duration == Duratio
         self.databaseRetryLimit = databaseRetryLimit
         self.clock = clock
         self.logger = logger
-        self.login = login
+        self.authenticator = authenticator
+    }
+
+    /// A source whose renewal is a login (`login` performs one).
+    public init(
+        credentials: FleetCredentials,
+        seal: TokenSeal,
+        owner: String,
+        configuration: TokenStoreConfiguration = .init(),
+        databaseRetryLimit: Duration,
+        clock: C,
+        logger: Logger,
+        login: @escaping Login
+    ) {
+        self.init(
+            credentials: credentials,
+            seal: seal,
+            owner: owner,
+            configuration: configuration,
+            databaseRetryLimit: databaseRetryLimit,
+            clock: clock,
+            logger: logger,
+            authenticator: Authenticator(login: login)
+        )
     }
 
     public func rejected(_ token: IssuedToken) async {
@@ -72,6 +102,19 @@ public actor FleetTokenSource<C: Clock>: TokenSource where C.Duration == Duratio
 
     /// Logins this process performed for the fleet.
     public func loginCount() -> Int { logins }
+
+    /// Renewals with the fleet's refresh token this process performed.
+    public func refreshCount() -> Int { refreshes }
+
+    public func endSession(deadline: Duration) async {
+        guard let logout = authenticator.logout else { return }
+        let seal = seal
+        await bestEffort(within: deadline) { [credentials, logger] in
+            guard let sealed = try await credentials.endSession() else { return }
+            logger.info("the fleet's last worker ends the API session")
+            if let token = seal.open(sealed) { try await logout(AccessToken(token)) }
+        }
+    }
 
     /// Takes the fleet's token, waits for the worker logging in, or logs in with the lease.
     public func fetch() async throws -> FetchedToken {
@@ -105,6 +148,7 @@ public actor FleetTokenSource<C: Clock>: TokenSource where C.Duration == Duratio
                 try await clock.sleep(for: pollInterval)  // another worker is logging in
                 continue
             }
+            if let refreshed = try await refreshed(snapshot) { return refreshed }
             if wait > .zero {
                 logger.notice(
                     "the fleet's login limit is reached; waiting for a slot",
@@ -117,28 +161,8 @@ public actor FleetTokenSource<C: Clock>: TokenSource where C.Duration == Duratio
             logins += 1
             let sentAt = clock.now
             do {
-                let grant = try await login()
-                let sealed = try seal.seal(grant.token.bearerValue)
-                let margin = configuration.margin(forLifetime: grant.expiresIn)
-                let sentAgo = sentAt.duration(to: clock.now)
-                let stored = try await retryingDatabase {
-                    try await credentials.storeToken(
-                        sealed: sealed,
-                        lifetime: grant.expiresIn,
-                        margin: margin,
-                        sentAgo: sentAgo
-                    )
-                }
-                logger.info(
-                    "logged in",
-                    metadata: ["expires_in": "\(grant.expiresIn)", "generation": "\(stored)", "shared": "fleet"]
-                )
-                let expiresIn = grant.expiresIn - sentAt.duration(to: clock.now)
-                return FetchedToken(
-                    issued: IssuedToken(token: grant.token, generation: Int(stored)),
-                    expiresIn: expiresIn,
-                    renewIn: expiresIn - margin
-                )
+                let grant = try await authenticator.login()
+                return try await store(grant, sentAt: sentAt, refreshed: false)
             } catch let error as NymbleAPIError where error.code == .invalidCredentials {
                 try? await credentials.recordRefusal(fingerprint: seal.fingerprint, message: error.description)
                 throw error
@@ -148,6 +172,56 @@ public actor FleetTokenSource<C: Clock>: TokenSource where C.Duration == Duratio
                 try await clock.sleep(for: wait)
             }
         }
+    }
+
+    /// Renews with the fleet's refresh token when it has one with time left, as the lease holder; nil when
+    /// there is none or the API refused it (the caller logs in).
+    private func refreshed(_ snapshot: FleetCredentials.Snapshot) async throws -> FetchedToken? {
+        guard let refresh = authenticator.refresh, snapshot.sealedRefreshToken != nil,
+            let life = snapshot.refreshTokenExpiresIn, life > TokenStoreConfiguration.minimumRefreshTokenLife,
+            let sealed = try await retryingDatabase({ try await credentials.takeRefreshToken(owner: owner) }),
+            let token = seal.open(sealed)
+        else { return nil }
+        let sentAt = clock.now
+        do {
+            let grant = try await refresh(AccessToken(token))
+            refreshes += 1
+            return try await store(grant, sentAt: sentAt, refreshed: true)
+        } catch {
+            if Task.isCancelled { throw CancellationError() }
+            logger.notice("refresh failed; logging in instead", metadata: ["error": "\(error)"])
+            return nil
+        }
+    }
+
+    /// Stores a grant for the fleet (sealed) and hands it out.
+    private func store(_ grant: LoginGrant, sentAt: C.Instant, refreshed: Bool) async throws -> FetchedToken {
+        let sealed = try seal.seal(grant.token.bearerValue)
+        let refreshToken = try grant.refreshToken.map { token in
+            (sealed: try seal.seal(token.bearerValue), lifetime: grant.refreshExpiresIn ?? .zero)
+        }
+        let margin = configuration.margin(forLifetime: grant.expiresIn)
+        let sentAgo = sentAt.duration(to: clock.now)
+        let stored = try await retryingDatabase {
+            try await credentials.storeToken(
+                sealed: sealed,
+                lifetime: grant.expiresIn,
+                margin: margin,
+                sentAgo: sentAgo,
+                refreshToken: refreshToken,
+                refreshed: refreshed
+            )
+        }
+        logger.info(
+            refreshed ? "token refreshed" : "logged in",
+            metadata: ["expires_in": "\(grant.expiresIn)", "generation": "\(stored)", "shared": "fleet"]
+        )
+        let expiresIn = grant.expiresIn - sentAt.duration(to: clock.now)
+        return FetchedToken(
+            issued: IssuedToken(token: grant.token, generation: Int(stored)),
+            expiresIn: expiresIn,
+            renewIn: expiresIn - margin
+        )
     }
 
     /// Uses the shared token when it is valid, not rejected here, and either not due for renewal or being

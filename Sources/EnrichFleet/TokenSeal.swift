@@ -39,9 +39,15 @@ public struct TokenSeal: Sendable {
         return String(decoding: plain, as: UTF8.self)
     }
 
-    /// The key of the credentials row for an API identity: SHA-256 of the base URL, OrgCode and ClientId.
+    /// The key of the credentials row for Nymble credentials: SHA-256 of the base URL, OrgCode and ClientId.
     public static func credentialsKey(baseURL: String, orgCode: String, clientId: String) -> String {
-        let digest = SHA256.hash(data: Data("\(baseURL)\n\(orgCode)\n\(clientId)".utf8))
+        credentialsKey(baseURL: baseURL, identity: "\(orgCode)\n\(clientId)")
+    }
+
+    /// The key of the credentials row for an API identity (`APICredentials.identity`, never the
+    /// secret): SHA-256 of the base URL and the identity.
+    public static func credentialsKey(baseURL: String, identity: String) -> String {
+        let digest = SHA256.hash(data: Data("\(baseURL)\n\(identity)".utf8))
         return digest.map { String(format: "%02x", $0) }.joined()
     }
 }

@@ -81,24 +81,31 @@ public struct JobRunner: Sendable {
         }
     }
 
+    /// How long the end of the API session (a logout) may hold up the exit.
+    static let endSessionDeadline = Duration.seconds(5)
+
     private func runWorker(database: Database, client: NymbleClient, lock: JobLock.Held?) async throws -> RunReport {
-        let credentials = plan.credentials
-        let login: @Sendable () async throws -> LoginGrant = { try await client.login(credentials) }
+        let authenticator = Authenticator(client: client, credentials: plan.credentials)
         let tokens: any TokenProvider
         var sendBudget: (any SharedSendBudget)?
         if plan.fleet {
-            let fleet = Fleet(database: database, baseURL: plan.client.normalizedBaseURL, credentials: credentials)
+            let fleet = Fleet(database: database, baseURL: plan.client.normalizedBaseURL, credentials: plan.credentials)
             try await fleet.prepare()
             tokens = fleet.tokens(
                 configuration: plan.token,
                 databaseRetryLimit: plan.worker.databaseOutageLimit,
                 clock: ContinuousClock(),
                 logger: logger,
-                login: login
+                authenticator: authenticator
             )
             sendBudget = fleet.budget()
         } else {
-            tokens = SharedTokenStore(configuration: plan.token, clock: ContinuousClock(), logger: logger, login: login)
+            tokens = SharedTokenStore(
+                configuration: plan.token,
+                clock: ContinuousClock(),
+                logger: logger,
+                authenticator: authenticator
+            )
         }
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         var metrics = RunMetrics()
@@ -134,7 +141,14 @@ public struct JobRunner: Sendable {
                 logger: logger
             )
         )
-        try await group.run()
+        do {
+            try await group.run()
+        } catch {
+            await tokens.endSession(deadline: Self.endSessionDeadline)
+            throw error
+        }
+        // The run is recorded as ended by now, so the fleet's last worker can tell that it is the last.
+        await tokens.endSession(deadline: Self.endSessionDeadline)
         guard let report = service.report else { throw CancellationError() }
         return report
     }

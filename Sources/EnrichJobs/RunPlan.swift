@@ -11,7 +11,7 @@ public struct RunPlan: Sendable {
     public var database: DatabaseConfiguration
     public var worker: WorkerConfiguration
     public var client: NymbleClientConfiguration
-    public var credentials: NymbleCredentials
+    public var credentials: APICredentials
     public var token: TokenStoreConfiguration
     /// Share the token and the send budget with the other workers of the schema (off with `--solo`).
     public var fleet: Bool
@@ -59,7 +59,7 @@ public struct RunPlan: Sendable {
             database: try sources.databaseConfiguration(),
             worker: worker,
             client: try sources.clientConfiguration(concurrency: worker.concurrency),
-            credentials: try sources.credentials(),
+            credentials: try sources.apiCredentials(),
             token: TokenStoreConfiguration(),
             fleet: !(try sources.value(Settings.solo) ?? false),
             target: target,

@@ -27,6 +27,10 @@ public struct FleetCredentials: Sendable {
         /// The fingerprint of a secret the API refused, and the refusal in words.
         public var refused: (fingerprint: String, message: String)?
         public var loginsLastHour: Int
+        /// B2B: the sealed refresh token of the current grant (until a worker takes it to refresh).
+        public var sealedRefreshToken: [UInt8]?
+        /// Time left before the refresh token expires.
+        public var refreshTokenExpiresIn: Duration?
     }
 
     /// Creates the row when it does not exist yet.
@@ -49,16 +53,20 @@ public struct FleetCredentials: Sendable {
                 EXTRACT(EPOCH FROM expires_at - now())::float8, EXTRACT(EPOCH FROM refresh_at - now())::float8,
                 login_owner IS NOT NULL AND login_owner <> \(owner) AND login_until > now(),
                 refused_fingerprint, refused_message,
-                (SELECT count(*) FROM unnest(login_times) AS t WHERE t > now() - interval '1 hour')::integer
+                (SELECT count(*) FROM unnest(login_times) AS t WHERE t > now() - interval '1 hour')::integer,
+                sealed_refresh_token, EXTRACT(EPOCH FROM refresh_token_expires_at - now())::float8
             FROM \(unescaped: database.schema).api_credentials WHERE key = \(key)
             """
         )
         guard let row = rows.first else {
             throw DatabaseError(.queryFailed, "the shared credentials row \(key) is missing")
         }
-        let (generation, sealed, expiresIn, refreshIn, underWay, fingerprint, message, logins) = try row.decode(
-            (Int64, ByteBuffer?, Double?, Double?, Bool, String?, String?, Int32).self
-        )
+        let (
+            generation, sealed, expiresIn, refreshIn, underWay, fingerprint, message, logins, sealedRefresh, refreshLife
+        ) =
+            try row.decode(
+                (Int64, ByteBuffer?, Double?, Double?, Bool, String?, String?, Int32, ByteBuffer?, Double?).self
+            )
         return Snapshot(
             generation: generation,
             sealedToken: sealed.map { Array($0.readableBytesView) },
@@ -66,7 +74,9 @@ public struct FleetCredentials: Sendable {
             refreshIn: refreshIn.map { .seconds($0) },
             loginUnderWay: underWay,
             refused: fingerprint.map { ($0, message ?? "the credentials were refused") },
-            loginsLastHour: Int(logins)
+            loginsLastHour: Int(logins),
+            sealedRefreshToken: sealedRefresh.map { Array($0.readableBytesView) },
+            refreshTokenExpiresIn: refreshLife.map { .seconds($0) }
         )
     }
 
@@ -116,14 +126,19 @@ public struct FleetCredentials: Sendable {
     }
 
     /// Stores a new token (sealed) obtained `sentAgo` ago with `lifetime`, renewed `margin` before it
-    /// expires; frees the lease and clears a refusal. Returns the new generation.
+    /// expires, with the refresh token that came with it (sealed, and its lifetime) or none; frees the lease
+    /// and clears a refusal. `refreshed`: it came from a refresh, not a login. Returns the new generation.
     public func storeToken(
         sealed: [UInt8],
         lifetime: Duration,
         margin: Duration,
-        sentAgo: Duration
+        sentAgo: Duration,
+        refreshToken: (sealed: [UInt8], lifetime: Duration)? = nil,
+        refreshed: Bool = false
     ) async throws -> Int64 {
         let expires = (lifetime - sentAgo).inSeconds
+        let refreshSealed = refreshToken.map { ByteBuffer(bytes: $0.sealed) }
+        let refreshExpires = refreshToken.map { ($0.lifetime - sentAgo).inSeconds }
         let rows = try await database.query(
             "store the shared token",
             """
@@ -131,6 +146,9 @@ public struct FleetCredentials: Sendable {
                 generation = generation + 1, sealed_token = \(ByteBuffer(bytes: sealed)),
                 expires_at = now() + make_interval(secs => \(expires)),
                 refresh_at = now() + make_interval(secs => \(expires - margin.inSeconds)),
+                sealed_refresh_token = \(refreshSealed),
+                refresh_token_expires_at = now() + make_interval(secs => \(refreshExpires)),
+                refreshes = refreshes + \(refreshed ? 1 : 0),
                 login_owner = NULL, login_until = NULL, refused_fingerprint = NULL, refused_message = NULL,
                 updated_at = now()
             WHERE key = \(key)
@@ -141,6 +159,48 @@ public struct FleetCredentials: Sendable {
             throw DatabaseError(.queryFailed, "the shared credentials row \(key) is missing")
         }
         return generation
+    }
+
+    /// Takes the refresh token for the lease holder `owner`, removing it from the row in the same statement:
+    /// it rotates, so whoever sends it must be the only one ever to (even if the lease then expires). nil
+    /// when there is none, or `owner` does not hold the lease.
+    public func takeRefreshToken(owner: String) async throws -> [UInt8]? {
+        let rows = try await database.query(
+            "take the refresh token",
+            """
+            UPDATE \(unescaped: database.schema).api_credentials AS c SET
+                sealed_refresh_token = NULL, refresh_token_expires_at = NULL, updated_at = now()
+            FROM (SELECT sealed_refresh_token FROM \(unescaped: database.schema).api_credentials
+                  WHERE key = \(key) FOR UPDATE) AS old
+            WHERE c.key = \(key) AND c.login_owner = \(owner) AND c.login_until > now()
+                AND old.sealed_refresh_token IS NOT NULL
+            RETURNING old.sealed_refresh_token
+            """
+        )
+        return try rows.first.map { Array(try $0.decode(ByteBuffer.self).readableBytesView) }
+    }
+
+    /// Ends the fleet's session when no other run of the schema is live (`running` with a heartbeat in the
+    /// last minute): clears the tokens and returns the sealed access token that was current, for the caller
+    /// to log out. nil when another run is live or there is no token. Of workers stopping together, the
+    /// statement lets exactly one through (each marks its own run finished first).
+    public func endSession() async throws -> [UInt8]? {
+        let rows = try await database.query(
+            "end the fleet's session",
+            """
+            UPDATE \(unescaped: database.schema).api_credentials AS c SET
+                generation = c.generation + 1, sealed_token = NULL, expires_at = NULL, refresh_at = NULL,
+                sealed_refresh_token = NULL, refresh_token_expires_at = NULL, logouts = c.logouts + 1,
+                updated_at = now()
+            FROM (SELECT sealed_token FROM \(unescaped: database.schema).api_credentials
+                  WHERE key = \(key) FOR UPDATE) AS old
+            WHERE c.key = \(key) AND old.sealed_token IS NOT NULL
+                AND NOT EXISTS (SELECT 1 FROM \(unescaped: database.schema).job_runs
+                                WHERE state = 'running' AND heartbeat_at > now() - interval '1 minute')
+            RETURNING old.sealed_token
+            """
+        )
+        return try rows.first.map { Array(try $0.decode(ByteBuffer.self).readableBytesView) }
     }
 
     /// Frees the login lease of `owner` (its login failed, or it stops).

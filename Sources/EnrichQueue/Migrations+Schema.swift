@@ -2,7 +2,7 @@
 enum Migrations {
     static let all: [Migration] = [
         initialSchema, newWorkNotifications, claimsAndLiveness, fleetCoordination, fleetRate, runSamples,
-        volatileColumnStatistics,
+        volatileColumnStatistics, refreshTokens,
     ]
 
     /// Version 1: the queue, its per-state counters, and the job runs (status) table.
@@ -311,6 +311,23 @@ enum Migrations {
                 ALTER COLUMN lease_owner SET STATISTICS 0,
                 ALTER COLUMN lease_expires_at SET STATISTICS 0,
                 ALTER COLUMN job_run_id SET STATISTICS 0
+            """
+        ]
+    )
+
+    /// Version 8: what the API dialects renew and end sessions with. B2B's refresh token is sealed like the
+    /// access token (each is used once: it rotates); `refreshes` and `logouts` count renewals with it and
+    /// sessions ended by the fleet's last worker.
+    static let refreshTokens = Migration(
+        version: 8,
+        name: "fleet: refresh tokens and logouts",
+        statements: [
+            """
+            ALTER TABLE {schema}.api_credentials
+                ADD COLUMN sealed_refresh_token bytea,
+                ADD COLUMN refresh_token_expires_at timestamptz,
+                ADD COLUMN refreshes bigint NOT NULL DEFAULT 0,
+                ADD COLUMN logouts bigint NOT NULL DEFAULT 0
             """
         ]
     )

@@ -243,6 +243,16 @@ extension SettingKind where Value == String {
     }
 }
 
+extension SettingKind where Value == String {
+    /// A URL path: starts with `/`, no spaces, no query or fragment.
+    public static var urlPath: Self {
+        Self(expectation: "a path starting with /, without spaces, ? or #", valueName: "path", jsonType: .string) {
+            text in
+            text.hasPrefix("/") && !text.contains(where: { $0.isWhitespace || $0 == "?" || $0 == "#" }) ? text : nil
+        }
+    }
+}
+
 extension SettingKind where Value == Bool {
     /// A flag without a value on the command line; `1`, `true`, `yes` (or `0`, `false`, `no`) elsewhere.
     public static var flag: Self {

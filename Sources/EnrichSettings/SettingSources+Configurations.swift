@@ -69,17 +69,78 @@ extension SettingSources {
         return worker
     }
 
-    /// The API client's configuration; its HTTP pool is sized to `concurrency` (every task may hold a
-    /// connection, and AsyncHTTPClient fails pool waiters after the connect timeout).
+    /// The API client's configuration (the profile: dialect, base URL, enrichment call); its HTTP pool is
+    /// sized to `concurrency` (every task may hold a connection).
     public func clientConfiguration(concurrency: Int) throws -> NymbleClientConfiguration {
         var client = NymbleClientConfiguration()
         client.baseURL = try value(Settings.apiURL) ?? client.baseURL
         try Self.checkAPIURL(client.baseURL, origin: origin(of: Settings.apiURL))
         client.maximumConnections = concurrency
         client.requestTimeout = try value(Settings.requestTimeout) ?? client.requestTimeout
+        client.dialect = try value(Settings.dialect).flatMap(APIDialect.init(rawValue:)) ?? client.dialect
+        client.refreshPath = try value(Settings.refreshPath) ?? client.refreshPath
+        var call = client.call
+        if let path = try value(Settings.callPath) {
+            call.path = path
+        } else if client.dialect != .nymble {
+            throw SettingError(
+                setting: Settings.callPath.name,
+                origin: .missing,
+                problem: "the \(client.dialect) dialect has no documented enrichment call: set call-path (and the "
+                    + "call-* and answer-* names) in the job file, or --call-path / ENRICH_CALL_PATH"
+            )
+        }
+        call.method =
+            try value(Settings.callMethod).flatMap { EnrichmentCall.Method(rawValue: $0.uppercased()) }
+            ?? call.method
+        call.organizationField = try value(Settings.callOrganizationField) ?? call.organizationField
+        call.userField = try value(Settings.callUserField) ?? call.userField
+        call.answer.customerNumber = try value(Settings.answerCustomerNumber) ?? call.answer.customerNumber
+        call.answer.priceTier = try value(Settings.answerPriceTier) ?? call.answer.priceTier
+        call.answer.currencyCode = try value(Settings.answerCurrencyCode) ?? call.answer.currencyCode
+        client.call = call
         return client
     }
 
+    /// The credentials of the configured dialect.
+    public func apiCredentials() throws -> APICredentials {
+        let dialect = try value(Settings.dialect).flatMap(APIDialect.init(rawValue:)) ?? .nymble
+        switch dialect {
+        case .nymble:
+            return .nymble(try credentials())
+        case .b2b:
+            guard let username = try value(Settings.username) else {
+                throw SettingError(
+                    setting: Settings.username.name,
+                    origin: .missing,
+                    problem: "no B2B username: set B2B_USERNAME, --username, or username in the job file"
+                )
+            }
+            return .b2b(username: username, password: try password(for: dialect))
+        case .achieveApex:
+            guard let email = try value(Settings.email) else {
+                throw SettingError(
+                    setting: Settings.email.name,
+                    origin: .missing,
+                    problem: "no AchieveApex email: set APEX_EMAIL, --email, or email in the job file"
+                )
+            }
+            return .achieveApex(email: email, password: try password(for: dialect))
+        }
+    }
+
+    private func password(for dialect: APIDialect) throws -> String {
+        guard let password = try value(Settings.password) else {
+            throw SettingError(
+                setting: Settings.password.name,
+                origin: .missing,
+                problem: "no \(dialect) password: set API_PASSWORD or API_PASSWORD_FILE"
+            )
+        }
+        return password
+    }
+
+    /// Nymble's credentials.
     public func credentials() throws -> NymbleCredentials {
         guard let orgCode = try value(Settings.orgCode), let clientID = try value(Settings.clientID) else {
             throw SettingError(

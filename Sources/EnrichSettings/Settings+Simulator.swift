@@ -1,4 +1,5 @@
 import EnrichCore
+import NymbleAPI
 import NymbleSimulator
 
 extension SettingKind where Value == Double {
@@ -24,7 +25,8 @@ extension SettingKind where Value == SimulatorConfiguration.Latency {
 }
 
 extension Settings {
-    /// The settings of `enrich simulate` (the simulator of the Nymble API for tests, the demo, benchmarks).
+    /// The settings of `enrich simulate` (the simulator of the Nymble API, and of the B2B and AchieveApex
+    /// dialects, for tests, the demo, benchmarks).
     public enum Simulator {
         private static let simulator = SimulatorConfiguration()
 
@@ -43,6 +45,16 @@ extension Settings {
             kind: .count(0...65_535, valueName: "port"),
             default: "8080",
             help: "port to bind, 0 for any free port (the URL is printed)",
+            group: .simulator,
+            sources: .flagAndEnvironment
+        )
+        public static let dialect = Setting(
+            "dialect",
+            environment: "ENRICH_SIM_DIALECT",
+            kind: .choice(APIDialect.allCases.map(\.rawValue)),
+            default: simulator.dialect.rawValue,
+            help: "API to speak: nymble (/api/auth/login, /api/auth/access), b2b (/auth/login, /auth/refresh, "
+                + "/api/v2/commerce/lookup) or achieveapex (/authentication, /commerce-context)",
             group: .simulator,
             sources: .flagAndEnvironment
         )
@@ -73,12 +85,48 @@ extension Settings {
             group: .simulator,
             sources: .flagAndEnvironment
         )
+        public static let username = Setting(
+            "username",
+            environment: "B2B_USERNAME",
+            kind: .text(valueName: "name"),
+            default: simulator.username,
+            help: "accepted B2B username (dialect b2b)",
+            group: .simulator,
+            sources: .flagAndEnvironment
+        )
+        public static let email = Setting(
+            "email",
+            environment: "APEX_EMAIL",
+            kind: .text(valueName: "email"),
+            default: simulator.email,
+            help: "accepted AchieveApex email (dialect achieveapex)",
+            group: .simulator,
+            sources: .flagAndEnvironment
+        )
+        public static let password = Setting(
+            "password",
+            environment: "API_PASSWORD",
+            kind: .text(valueName: "password"),
+            default: simulator.password,
+            help: "accepted password of the b2b and achieveapex dialects (a test credential)",
+            group: .simulator,
+            sources: .environmentOnly
+        )
         public static let tokenLifetime = Setting(
             "token-lifetime",
             environment: "ENRICH_SIM_TOKEN_LIFETIME",
             kind: .seconds(),
             default: String(Int(simulator.tokenLifetime.inSeconds)),
-            help: "ExpiresIn of issued tokens, in seconds",
+            help: "lifetime of issued access tokens, in seconds (ExpiresIn, access_expires_at, the JWT's exp)",
+            group: .simulator,
+            sources: .flagAndEnvironment
+        )
+        public static let refreshLifetime = Setting(
+            "refresh-lifetime",
+            environment: "ENRICH_SIM_REFRESH_LIFETIME",
+            kind: .seconds(),
+            default: String(Int(simulator.refreshTokenLifetime.inSeconds)),
+            help: "lifetime of issued B2B refresh tokens, in seconds",
             group: .simulator,
             sources: .flagAndEnvironment
         )
@@ -87,7 +135,7 @@ extension Settings {
             environment: "ENRICH_SIM_LOGINS_PER_MINUTE",
             kind: .count(1...10_000),
             default: "\(simulator.loginsPerMinute)",
-            help: "logins allowed per minute per ClientId",
+            help: "logins allowed per minute per ClientId, username or email",
             group: .simulator,
             sources: .flagAndEnvironment
         )
@@ -175,8 +223,9 @@ extension Settings {
 
         /// Every setting of `enrich simulate`, its log level included.
         public static let all: [any AnySetting] = [
-            host, port, orgCode, clientID, clientSecret, tokenLifetime, loginsPerMinute, rate, burst, retryAfter,
-            latency, errorRate, dropRate, slowRate, slowDelay, recordTimes, Settings.logLevel,
+            host, port, dialect, orgCode, clientID, clientSecret, username, email, password, tokenLifetime,
+            refreshLifetime, loginsPerMinute, rate, burst, retryAfter, latency, errorRate, dropRate, slowRate,
+            slowDelay, recordTimes, Settings.logLevel,
         ]
     }
 }
@@ -188,10 +237,15 @@ extension SettingSources {
         var configuration = SimulatorConfiguration()
         configuration.host = try value(S.host) ?? configuration.host
         configuration.port = try value(S.port) ?? 8080
+        configuration.dialect = try value(S.dialect).flatMap(APIDialect.init(rawValue:)) ?? configuration.dialect
         configuration.orgCode = try value(S.orgCode) ?? configuration.orgCode
         configuration.clientId = try value(S.clientID) ?? configuration.clientId
         configuration.clientSecret = try value(S.clientSecret) ?? configuration.clientSecret
+        configuration.username = try value(S.username) ?? configuration.username
+        configuration.email = try value(S.email) ?? configuration.email
+        configuration.password = try value(S.password) ?? configuration.password
         configuration.tokenLifetime = try value(S.tokenLifetime) ?? configuration.tokenLifetime
+        configuration.refreshTokenLifetime = try value(S.refreshLifetime) ?? configuration.refreshTokenLifetime
         configuration.loginsPerMinute = try value(S.loginsPerMinute) ?? configuration.loginsPerMinute
         configuration.accessRate = try value(S.rate)
         configuration.accessBurst = try value(S.burst)

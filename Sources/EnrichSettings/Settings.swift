@@ -82,7 +82,7 @@ public enum Settings {
         environment: "NYMBLE_BASE_URL",
         kind: .text(valueName: "url"),
         default: client.baseURL,
-        help: "base URL of the Nymble API",
+        help: "base URL of the API (of any dialect)",
         group: .api
     )
     public static let orgCode = Setting(
@@ -111,6 +111,104 @@ public enum Settings {
         help: "ClientSecret (environment only, or NYMBLE_CLIENT_SECRET_FILE: never a flag, so it never shows in ps)",
         group: .api,
         sources: .environmentOnly
+    )
+    public static let dialect = Setting(
+        "dialect",
+        environment: "ENRICH_API_DIALECT",
+        kind: .choice(APIDialect.allCases.map(\.rawValue)),
+        default: APIDialect.nymble.rawValue,
+        help: "how the API logs in: nymble (OrgCode, ClientId, ClientSecret), b2b (username, password, refresh "
+            + "token) or achieveapex (email, password, JWT)",
+        group: .api
+    )
+    public static let username = Setting(
+        "username",
+        environment: "B2B_USERNAME",
+        kind: .text(valueName: "name"),
+        default: "—",
+        help: "login username of the b2b dialect",
+        group: .api
+    )
+    public static let email = Setting(
+        "email",
+        environment: "APEX_EMAIL",
+        kind: .text(valueName: "email"),
+        default: "—",
+        help: "login email of the achieveapex dialect",
+        group: .api
+    )
+    public static let password = Setting(
+        "password",
+        environment: "API_PASSWORD",
+        kind: .text(valueName: "password"),
+        default: "—",
+        help: "password of the b2b and achieveapex dialects (environment only, or API_PASSWORD_FILE)",
+        group: .api,
+        sources: .environmentOnly
+    )
+    public static let refreshPath = Setting(
+        "refresh-path",
+        environment: "ENRICH_REFRESH_PATH",
+        kind: .urlPath,
+        default: B2BDialect.defaultRefreshPath,
+        help: "b2b: the refresh endpoint, posted {\"refresh_token\": ...} (the API's contract names none)",
+        group: .api
+    )
+    public static let callMethod = Setting(
+        "call-method",
+        environment: "ENRICH_CALL_METHOD",
+        kind: .choice(EnrichmentCall.Method.allCases.map { $0.rawValue.lowercased() }),
+        default: client.call.method.rawValue,
+        help: "the enrichment call's method: the pair in a JSON body, or in the query string for get",
+        group: .api
+    )
+    public static let callPath = Setting(
+        "call-path",
+        environment: "ENRICH_CALL_PATH",
+        kind: .urlPath,
+        default: "\(client.call.path) (nymble)",
+        help: "the enrichment call's path under the base URL; required for the b2b and achieveapex dialects",
+        group: .api
+    )
+    public static let callOrganizationField = Setting(
+        "call-organization-field",
+        environment: "ENRICH_CALL_ORGANIZATION_FIELD",
+        kind: .text(valueName: "name"),
+        default: client.call.organizationField,
+        help: "the request's name for the pair's OrganizationId",
+        group: .api
+    )
+    public static let callUserField = Setting(
+        "call-user-field",
+        environment: "ENRICH_CALL_USER_FIELD",
+        kind: .text(valueName: "name"),
+        default: client.call.userField,
+        help: "the request's name for the pair's UserId",
+        group: .api
+    )
+    public static let answerCustomerNumber = Setting(
+        "answer-customer-number",
+        environment: "ENRICH_ANSWER_CUSTOMER_NUMBER",
+        kind: .text(valueName: "name"),
+        default: client.call.answer.customerNumber,
+        help: "the answer's member written as customer_number (a string or null)",
+        group: .api
+    )
+    public static let answerPriceTier = Setting(
+        "answer-price-tier",
+        environment: "ENRICH_ANSWER_PRICE_TIER",
+        kind: .text(valueName: "name"),
+        default: client.call.answer.priceTier,
+        help: "the answer's member written as price_tier (a string or null)",
+        group: .api
+    )
+    public static let answerCurrencyCode = Setting(
+        "answer-currency-code",
+        environment: "ENRICH_ANSWER_CURRENCY_CODE",
+        kind: .text(valueName: "name"),
+        default: client.call.answer.currencyCode,
+        help: "the answer's member written as currency_code (a string or null)",
+        group: .api
     )
     public static let requestTimeout = Setting(
         "request-timeout",
@@ -378,7 +476,9 @@ public enum Settings {
 
     /// The settings `enrich run` reads besides ``database``.
     public static let run: [any AnySetting] = [
-        apiURL, orgCode, clientID, clientSecret, requestTimeout, follow, solo, targetSQL, concurrency, rate,
+        apiURL, dialect, orgCode, clientID, clientSecret, username, email, password, refreshPath, callMethod, callPath,
+        callOrganizationField, callUserField, answerCustomerNumber, answerPriceTier, answerCurrencyCode,
+        requestTimeout, follow, solo, targetSQL, concurrency, rate,
         maxAttempts,
         claimBatch,
         maxTakeovers, lease, heartbeat, pollInterval, shutdownGrace, databaseOutageLimit, staleAfter, stallTimeout,

@@ -48,6 +48,25 @@ public actor SharedTokenStore<C: Clock>: TokenProvider where C.Duration == Durat
         self.logger = logger
     }
 
+    /// A store that logs in (and renews, and logs out) itself as `authenticator` says (``LoginTokenSource``).
+    public init(
+        configuration: TokenStoreConfiguration = .init(),
+        clock: C,
+        logger: Logger,
+        authenticator: Authenticator
+    ) {
+        self.init(
+            source: LoginTokenSource(
+                configuration: configuration,
+                clock: clock,
+                logger: logger,
+                authenticator: authenticator
+            ),
+            clock: clock,
+            logger: logger
+        )
+    }
+
     /// A store that logs in itself (``LoginTokenSource``).
     /// - Parameters:
     ///   - login: performs one `POST /api/auth/login` (normally `{ try await client.login(credentials) }`).
@@ -100,6 +119,12 @@ public actor SharedTokenStore<C: Clock>: TokenProvider where C.Duration == Durat
     }
 
     public func loginCount() async -> Int { await source.loginCount() }
+
+    /// Forgets the token and lets the source end the session (log out) where the dialect wants it.
+    public func endSession(deadline: Duration) async {
+        current = nil
+        await source.endSession(deadline: deadline)
+    }
 
     /// Asks the source on behalf of everyone waiting, then wakes them with the outcome.
     private func leadFetch() async throws -> IssuedToken {

@@ -22,6 +22,12 @@ public protocol TokenProvider: Sendable {
     func tokenRejected(_ token: IssuedToken) async
     /// Logins performed so far (for the job runs table and metrics).
     func loginCount() async -> Int
+    /// Ends the API session at shutdown where the dialect wants it (see ``TokenSource/endSession(deadline:)``).
+    func endSession(deadline: Duration) async
+}
+
+extension TokenProvider {
+    public func endSession(deadline: Duration) async {}
 }
 
 /// The tuning of ``SharedTokenStore``.
@@ -55,6 +61,9 @@ public struct TokenStoreConfiguration: Sendable {
         self.maximumLoginAttempts = maximumLoginAttempts
         self.maximumRetryAfter = maximumRetryAfter
     }
+
+    /// A refresh token with less time left is not used: the refresh could arrive after it expired.
+    public static let minimumRefreshTokenLife = Duration.seconds(5)
 
     /// The margin used for a token of this lifetime.
     public func margin(forLifetime lifetime: Duration) -> Duration {

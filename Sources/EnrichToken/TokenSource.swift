@@ -12,6 +12,57 @@ public protocol TokenSource: Sendable {
     func rejected(_ token: IssuedToken) async
     /// Logins this process performed.
     func loginCount() async -> Int
+    /// Ends the API session at shutdown where the dialect wants it (``Authenticator/logout``): forgets the
+    /// tokens and logs out, within `deadline`. A fleet's source does so only as its last worker.
+    func endSession(deadline: Duration) async
+}
+
+/// How a dialect's session is opened, renewed and closed, as the token sources use it: the API client's
+/// login, refresh and logout bound to the credentials (see `NymbleClient`). Only `login` is required.
+public struct Authenticator: Sendable {
+    public typealias Login = @Sendable () async throws -> LoginGrant
+    public var login: Login
+    /// Renews with a refresh token (B2B; it rotates, so each is used once). nil: renewal is a new login.
+    public var refresh: (@Sendable (AccessToken) async throws -> LoginGrant)?
+    /// Ends the session at shutdown (AchieveApex: `DELETE /authentication`; B2B: nothing to send, the tokens
+    /// are forgotten). nil: the token stays valid for the next run (Nymble).
+    public var logout: (@Sendable (AccessToken) async throws -> Void)?
+
+    public init(
+        login: @escaping Login,
+        refresh: (@Sendable (AccessToken) async throws -> LoginGrant)? = nil,
+        logout: (@Sendable (AccessToken) async throws -> Void)? = nil
+    ) {
+        self.login = login
+        self.refresh = refresh
+        self.logout = logout
+    }
+}
+
+extension Authenticator {
+    /// `client`'s login conversation for `credentials`: its refresh when the dialect renews with a refresh
+    /// token, its logout when the dialect ends the session at shutdown.
+    public init(client: NymbleClient, credentials: APICredentials) {
+        var refresh: (@Sendable (AccessToken) async throws -> LoginGrant)?
+        if client.auth.renewsWithRefreshToken {
+            refresh = { token in try await client.refresh(token) }
+        }
+        var logout: (@Sendable (AccessToken) async throws -> Void)?
+        if client.auth.endsSessionAtShutdown {
+            logout = { token in _ = try await client.logout(token) }
+        }
+        self.init(login: { try await client.login(credentials) }, refresh: refresh, logout: logout)
+    }
+}
+
+/// Runs `body`, giving up (and cancelling it) after `deadline`: for the best-effort steps of a shutdown.
+public func bestEffort(within deadline: Duration, _ body: @escaping @Sendable () async throws -> Void) async {
+    await withTaskGroup(of: Void.self) { group in
+        group.addTask { try? await body() }
+        group.addTask { try? await Task.sleep(for: deadline) }
+        await group.next()
+        group.cancelAll()
+    }
 }
 
 /// A token a ``TokenSource`` handed over, with its timing as durations from now.
@@ -66,31 +117,57 @@ public struct LoginRetries: Sendable {
 }
 
 /// Logs in with this process's credentials, keeping to the login limit (``LoginPacer``) and retrying as
-/// ``LoginRetries`` says.
+/// ``LoginRetries`` says; renews with the refresh token instead while the dialect has a valid one.
 public actor LoginTokenSource<C: Clock>: TokenSource where C.Duration == Duration {
     public typealias Login = @Sendable () async throws -> LoginGrant
 
-    private let login: Login
+    private let authenticator: Authenticator
     private let clock: C
     private let configuration: TokenStoreConfiguration
     private let logger: Logger
     private var pacer: LoginPacer<C.Instant>
     private var generation = 0
     private var logins = 0
+    private var refreshes = 0
+    /// The refresh token of the last grant, until it is used (it rotates) or expires.
+    private var refreshToken: (token: AccessToken, expiresAt: C.Instant)?
+    /// The last token handed out, for the logout at shutdown.
+    private var lastToken: AccessToken?
 
-    public init(configuration: TokenStoreConfiguration, clock: C, logger: Logger, login: @escaping Login) {
-        self.login = login
+    public init(configuration: TokenStoreConfiguration, clock: C, logger: Logger, authenticator: Authenticator) {
+        self.authenticator = authenticator
         self.clock = clock
         self.configuration = configuration
         self.logger = logger
         self.pacer = LoginPacer(limit: configuration.loginsPerWindow, window: configuration.loginWindow)
     }
 
+    public init(configuration: TokenStoreConfiguration, clock: C, logger: Logger, login: @escaping Login) {
+        self.init(
+            configuration: configuration,
+            clock: clock,
+            logger: logger,
+            authenticator: Authenticator(login: login)
+        )
+    }
+
     public func rejected(_ token: IssuedToken) {}
 
     public func loginCount() -> Int { logins }
 
+    /// Renewals with a refresh token so far.
+    public func refreshCount() -> Int { refreshes }
+
+    public func endSession(deadline: Duration) async {
+        guard let logout = authenticator.logout, let token = lastToken else { return }
+        lastToken = nil
+        refreshToken = nil
+        await bestEffort(within: deadline) { try await logout(token) }
+        logger.info("session ended")
+    }
+
     public func fetch() async throws -> FetchedToken {
+        if let refreshed = try await refreshed() { return refreshed }
         var retries = LoginRetries(configuration: configuration)
         while true {
             let slot = pacer.nextSlot(now: clock.now)
@@ -105,19 +182,56 @@ public actor LoginTokenSource<C: Clock>: TokenSource where C.Duration == Duratio
             pacer.record(sentAt)
             logins += 1
             do {
-                let grant = try await login()
-                generation += 1
-                logger.info("logged in", metadata: ["expires_in": "\(grant.expiresIn)", "generation": "\(generation)"])
-                let expiresIn = grant.expiresIn - sentAt.duration(to: clock.now)
-                return FetchedToken(
-                    issued: IssuedToken(token: grant.token, generation: generation),
-                    expiresIn: expiresIn,
-                    renewIn: expiresIn - configuration.margin(forLifetime: grant.expiresIn)
+                let grant = try await authenticator.login()
+                logger.info(
+                    "logged in",
+                    metadata: ["expires_in": "\(grant.expiresIn)", "generation": "\(generation + 1)"]
                 )
+                return accept(grant, sentAt: sentAt)
             } catch {
                 let wait = try retries.wait(after: error, logger: logger)
                 try await clock.sleep(until: clock.now.advanced(by: wait), tolerance: nil)
             }
         }
+    }
+
+    /// A renewal with the refresh token, while there is one with time left; nil when there is none or the
+    /// API refused it (then a login follows). The token is dropped before it is sent: it rotates, so it is
+    /// never sent twice.
+    private func refreshed() async throws -> FetchedToken? {
+        guard let refresh = authenticator.refresh, let current = refreshToken else { return nil }
+        refreshToken = nil
+        guard clock.now.duration(to: current.expiresAt) > TokenStoreConfiguration.minimumRefreshTokenLife else {
+            return nil
+        }
+        let sentAt = clock.now
+        do {
+            let grant = try await refresh(current.token)
+            refreshes += 1
+            logger.info(
+                "token refreshed",
+                metadata: ["expires_in": "\(grant.expiresIn)", "generation": "\(generation + 1)"]
+            )
+            return accept(grant, sentAt: sentAt)
+        } catch {
+            if Task.isCancelled { throw CancellationError() }
+            logger.notice("refresh failed; logging in instead", metadata: ["error": "\(error)"])
+            return nil
+        }
+    }
+
+    private func accept(_ grant: LoginGrant, sentAt: C.Instant) -> FetchedToken {
+        generation += 1
+        let elapsed = sentAt.duration(to: clock.now)
+        if let token = grant.refreshToken, let life = grant.refreshExpiresIn {
+            refreshToken = (token, sentAt.advanced(by: life))
+        }
+        lastToken = grant.token
+        let expiresIn = grant.expiresIn - elapsed
+        return FetchedToken(
+            issued: IssuedToken(token: grant.token, generation: generation),
+            expiresIn: expiresIn,
+            renewIn: expiresIn - configuration.margin(forLifetime: grant.expiresIn)
+        )
     }
 }

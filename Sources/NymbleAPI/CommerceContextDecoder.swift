@@ -11,26 +11,30 @@ import NIOCore
 /// `JSONDecoder` on thousands of generated documents, valid and broken.
 enum CommerceContextDecoder {
     /// The context in `buffer`'s readable bytes, or nil when they are not such an answer.
-    static func decode(_ buffer: ByteBuffer) -> CommerceContext? {
+    static func decode(_ buffer: ByteBuffer, fields: AnswerFields = .nymble) -> CommerceContext? {
         buffer.withUnsafeReadableBytes { bytes in
-            var reader = Reader(bytes: bytes)
+            var reader = Reader(bytes: bytes, fields: fields)
             return reader.document()
         }
     }
 
     /// The context in `bytes`, or nil (for tests and callers without a buffer).
-    static func decode(_ bytes: [UInt8]) -> CommerceContext? {
+    static func decode(_ bytes: [UInt8], fields: AnswerFields = .nymble) -> CommerceContext? {
         bytes.withUnsafeBytes { bytes in
-            var reader = Reader(bytes: bytes)
+            var reader = Reader(bytes: bytes, fields: fields)
             return reader.document()
         }
     }
 
     private struct Reader {
         let bytes: UnsafeRawBufferPointer
+        let fields: AnswerFields
         var index = 0
 
-        init(bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
+        init(bytes: UnsafeRawBufferPointer, fields: AnswerFields) {
+            self.bytes = bytes
+            self.fields = fields
+        }
 
         /// A field as read: absent, null, or a string.
         enum Field {
@@ -60,8 +64,11 @@ enum CommerceContextDecoder {
                     skipWhitespace()
                     guard take(UInt8(ascii: ":")) else { return nil }
                     skipWhitespace()
-                    switch key {
-                    case "CustomerNumber", "PriceTier", "CurrencyCode":
+                    let slot: Int? =
+                        key == fields.customerNumber
+                        ? 0 : key == fields.priceTier ? 1 : key == fields.currencyCode ? 2 : nil
+                    switch slot {
+                    case .some(let slot):
                         let field: Field
                         if peek == UInt8(ascii: "\"") {
                             guard let text = string() else { return nil }
@@ -71,12 +78,12 @@ enum CommerceContextDecoder {
                         } else {
                             return nil  // a number, boolean, array or object where a string belongs
                         }
-                        switch key {
-                        case "CustomerNumber": customerNumber = field
-                        case "PriceTier": priceTier = field
+                        switch slot {
+                        case 0: customerNumber = field
+                        case 1: priceTier = field
                         default: currencyCode = field
                         }
-                    default:
+                    case nil:
                         guard skipValue(depth: 1) else { return nil }
                     }
                     skipWhitespace()

@@ -384,27 +384,44 @@ struct HTTP1Exchange: Sendable {
 
 /// The bytes of requests to one path: everything but the bearer token and the body encoded once.
 struct HTTP1RequestTemplate: Sendable {
-    private let head: [UInt8]
+    /// `METHOD /path`
+    private let start: [UInt8]
+    /// ` HTTP/1.1`, the fixed headers, and the authorisation header's name and scheme.
+    private let rest: [UInt8]
+    private let hasBody: Bool
 
-    /// `POST path` to `origin` with a JSON body.
-    init(post path: String, origin: HTTP1Client.Origin) {
-        head = Array(
-            ("POST \(path) HTTP/1.1\r\nHost: \(origin.hostHeader)\r\nContent-Type: application/json\r\n"
-                + "Accept: application/json\r\n").utf8
+    /// `method path` to `origin`, with a JSON body unless the method is GET, authorised by `header: scheme …`.
+    init(
+        method: String = "POST",
+        path: String,
+        origin: HTTP1Client.Origin,
+        authorization: (header: String, scheme: String) = ("Authorization", "Bearer")
+    ) {
+        hasBody = method != "GET"
+        start = Array("\(method) \(path)".utf8)
+        rest = Array(
+            (" HTTP/1.1\r\nHost: \(origin.hostHeader)\r\n" + (hasBody ? "Content-Type: application/json\r\n" : "")
+                + "Accept: application/json\r\n\(authorization.header): "
+                + (authorization.scheme.isEmpty ? "" : authorization.scheme + " ")).utf8
         )
     }
 
-    /// The request with `bearer` and `body`, in one buffer.
-    func request(bearer: String, body: some Collection<UInt8>) -> ByteBuffer {
+    /// The request with `bearer`, the path's `query` (with its `?`, or empty) and `body`, in one buffer.
+    func request(bearer: String, query: String = "", body: some Collection<UInt8>) -> ByteBuffer {
         var buffer = ByteBuffer()
-        buffer.reserveCapacity(head.count + bearer.utf8.count + body.count + 64)
-        buffer.writeBytes(head)
-        buffer.writeStaticString("Authorization: Bearer ")
+        buffer.reserveCapacity(start.count + rest.count + query.utf8.count + bearer.utf8.count + body.count + 64)
+        buffer.writeBytes(start)
+        buffer.writeString(query)
+        buffer.writeBytes(rest)
         buffer.writeString(bearer)
-        buffer.writeStaticString("\r\nContent-Length: ")
-        buffer.writeString(String(body.count))
-        buffer.writeStaticString("\r\n\r\n")
-        buffer.writeBytes(body)
+        if hasBody {
+            buffer.writeStaticString("\r\nContent-Length: ")
+            buffer.writeString(String(body.count))
+            buffer.writeStaticString("\r\n\r\n")
+            buffer.writeBytes(body)
+        } else {
+            buffer.writeStaticString("\r\n\r\n")
+        }
         return buffer
     }
 }

@@ -26,6 +26,12 @@ public struct NymbleClientConfiguration: Sendable {
     public var tlsConfiguration: TLSConfiguration
     /// A connection idle for longer is closed instead of reused (servers close idle ones too).
     public var idleTimeout: Duration
+    /// How the API logs in, renews and logs out.
+    public var dialect: APIDialect
+    /// B2B: the refresh endpoint (the contract names none).
+    public var refreshPath: String
+    /// The enrichment call: Nymble's `POST /api/auth/access` unless the profile says otherwise.
+    public var call: EnrichmentCall
 
     public init(
         baseURL: String = "https://api.achievemomentum.com",
@@ -34,8 +40,14 @@ public struct NymbleClientConfiguration: Sendable {
         requestTimeout: Duration = .seconds(30),
         maximumResponseBytes: Int = 64 * 1024,
         tlsConfiguration: TLSConfiguration = .makeClientConfiguration(),
-        idleTimeout: Duration = .seconds(60)
+        idleTimeout: Duration = .seconds(60),
+        dialect: APIDialect = .nymble,
+        refreshPath: String = B2BDialect.defaultRefreshPath,
+        call: EnrichmentCall = .nymble
     ) {
+        self.dialect = dialect
+        self.refreshPath = refreshPath
+        self.call = call
         self.baseURL = baseURL
         self.maximumConnections = maximumConnections
         self.connectTimeout = connectTimeout
@@ -46,23 +58,27 @@ public struct NymbleClientConfiguration: Sendable {
     }
 }
 
-/// The Nymble Commerce API client: `login` and `access`, exactly as the contract describes them.
+/// The API client: the login conversation of its dialect (``AuthDialect``: login, refresh, logout) and the
+/// profile's enrichment call (``EnrichmentCall``, Nymble's `POST /api/auth/access` by default).
 ///
-/// `access` goes through ``HTTP1Client`` (keep-alive connections sized to the concurrency, TLS verified,
-/// one pre-encoded write per request), `login` through AsyncHTTPClient; create the client with
-/// ``withClient(configuration:logger:_:)`` so that its connections are closed with its scope.
+/// The enrichment call goes through ``HTTP1Client`` (keep-alive connections sized to the concurrency, TLS
+/// verified, one pre-encoded write per request), the login conversation through AsyncHTTPClient; create the
+/// client with ``withClient(configuration:logger:_:)`` so that its connections are closed with its scope.
 public struct NymbleClient: Sendable {
     public let configuration: NymbleClientConfiguration
-    private let http: HTTPClient
     /// Logins go through a client of their own that does not retry a failed connect: a refused connection
     /// (nothing listens at the API's address) fails the login at once instead of after the connect timeout,
     /// so a wrong port or a stopped API is reported in a second.
     private let loginHTTP: HTTPClient
     private let logger: Logger
-    private let loginURL: String
-    /// The hot path: `POST /api/auth/access` on connections of its own.
+    /// The login conversation of the configured dialect.
+    public let auth: any AuthDialect
+    /// The hot path: the enrichment call on connections of its own.
     private let accessHTTP: HTTP1Client
     private let accessRequest: HTTP1RequestTemplate
+    /// The call's JSON body around the pair: `{"<organization>":` and `,"<user>":`.
+    private let bodyOpen: [UInt8]
+    private let bodyMiddle: [UInt8]
 
     /// Runs `body` with a client whose connection pool is shut down when `body` returns.
     public static func withClient<Result>(
@@ -70,16 +86,11 @@ public struct NymbleClient: Sendable {
         logger: Logger,
         _ body: (NymbleClient) async throws -> Result
     ) async throws -> Result {
-        var http = HTTPClient.Configuration()
-        http.tlsConfiguration = configuration.tlsConfiguration
-        http.timeout = .init(connect: .init(configuration.connectTimeout), read: .init(configuration.requestTimeout))
-        http.connectionPool = .init(
-            idleTimeout: .init(configuration.idleTimeout),
-            concurrentHTTP1ConnectionsPerHostSoftLimit: max(1, configuration.maximumConnections)
-        )
-        http.decompression = .disabled
-        http.redirectConfiguration = .disallow
-        var login = http
+        var login = HTTPClient.Configuration()
+        login.tlsConfiguration = configuration.tlsConfiguration
+        login.timeout = .init(connect: .init(configuration.connectTimeout), read: .init(configuration.requestTimeout))
+        login.decompression = .disabled
+        login.redirectConfiguration = .disallow
         login.connectionPool = .init(
             idleTimeout: .init(configuration.idleTimeout),
             concurrentHTTP1ConnectionsPerHostSoftLimit: 1
@@ -102,19 +113,17 @@ public struct NymbleClient: Sendable {
             maximumIdleTime: configuration.idleTimeout
         )
         defer { accessHTTP.shutdown() }
-        return try await HTTPClient.withHTTPClient(configuration: http) { httpClient in
-            try await HTTPClient.withHTTPClient(configuration: login) { loginClient in
-                try await body(
-                    NymbleClient(
-                        configuration: configuration,
-                        http: httpClient,
-                        loginHTTP: loginClient,
-                        accessHTTP: accessHTTP,
-                        accessRequest: HTTP1RequestTemplate(post: basePath + "/api/auth/access", origin: origin),
-                        logger: logger
-                    )
+        return try await HTTPClient.withHTTPClient(configuration: login) { loginClient in
+            try await body(
+                NymbleClient(
+                    configuration: configuration,
+                    loginHTTP: loginClient,
+                    accessHTTP: accessHTTP,
+                    basePath: basePath,
+                    origin: origin,
+                    logger: logger
                 )
-            }
+            )
         }
     }
 
@@ -124,80 +133,113 @@ public struct NymbleClient: Sendable {
 
     init(
         configuration: NymbleClientConfiguration,
-        http: HTTPClient,
         loginHTTP: HTTPClient,
         accessHTTP: HTTP1Client,
-        accessRequest: HTTP1RequestTemplate,
+        basePath: String,
+        origin: HTTP1Client.Origin,
         logger: Logger
     ) {
         self.configuration = configuration
-        self.http = http
         self.loginHTTP = loginHTTP
         self.accessHTTP = accessHTTP
-        self.accessRequest = accessRequest
         self.logger = logger
-        self.loginURL = configuration.normalizedBaseURL + "/api/auth/login"
+        let auth = configuration.dialect.auth(refreshPath: configuration.refreshPath)
+        self.auth = auth
+        let call = configuration.call
+        self.accessRequest = HTTP1RequestTemplate(
+            method: call.method.rawValue,
+            path: basePath + call.path,
+            origin: origin,
+            authorization: auth.authorization
+        )
+        self.bodyOpen = Array(("{" + JSONText.quoted(call.organizationField) + ":").utf8)
+        self.bodyMiddle = Array(("," + JSONText.quoted(call.userField) + ":").utf8)
     }
 
-    /// `POST /api/auth/login`.
+    /// Nymble's `POST /api/auth/login`.
+    public func login(_ credentials: NymbleCredentials) async throws(NymbleAPIError) -> LoginGrant {
+        try await login(.nymble(credentials))
+    }
+
+    /// Logs in as the dialect says (Nymble's `/api/auth/login`, B2B's `/auth/login`, AchieveApex's
+    /// `local` strategy).
     ///
     /// - Throws: ``NymbleAPIError`` — `.invalidCredentials` on 401, `.rateLimited` on 429 (with Retry-After),
-    ///   `.serverError`, `.transport` or `.undecodable` otherwise.
-    public func login(_ credentials: NymbleCredentials) async throws(NymbleAPIError) -> LoginGrant {
-        let body =
-            "{\"OrgCode\":\(JSONText.quoted(credentials.orgCode)),\"ClientId\":\(JSONText.quoted(credentials.clientId)),"
-            + "\"ClientSecret\":\(JSONText.quoted(credentials.clientSecret))}"
-        let (status, headers, bytes) = try await post(
-            url: loginURL,
-            endpoint: "login",
-            body: body,
-            bearer: nil,
-            on: loginHTTP
-        )
-        switch status {
-        case 200:
-            struct Answer: Decodable {
-                let AccessToken: String
-                let TokenType: String
-                let ExpiresIn: Int64
-            }
-            // A token is sent in a header: control characters in it would split the request.
-            guard let answer = try? JSONDecoder().decode(Answer.self, from: bytes), !answer.AccessToken.isEmpty,
-                answer.AccessToken.utf8.allSatisfy({ $0 >= 0x20 && $0 != 0x7F }), answer.ExpiresIn > 0
-            else {
-                throw NymbleAPIError(
-                    .undecodable,
-                    endpoint: "login",
-                    status: status,
-                    detail: "the answer is not {AccessToken, TokenType, ExpiresIn > 0}"
-                )
-            }
-            return LoginGrant(
-                token: AccessToken(answer.AccessToken),
-                tokenType: answer.TokenType,
-                expiresIn: .seconds(answer.ExpiresIn)
-            )
-        case 401:
+    ///   `.badRequest`, `.serverError`, `.transport`, `.unreachable` or `.undecodable` otherwise.
+    public func login(_ credentials: APICredentials) async throws(NymbleAPIError) -> LoginGrant {
+        guard credentials.dialect == auth.dialect else {
             throw NymbleAPIError(
                 .invalidCredentials,
+                api: auth.apiName,
                 endpoint: "login",
-                status: status,
-                detail: "ClientId/ClientSecret rejected, or OrgCode \(credentials.orgCode) does not match them"
+                detail: "\(credentials.dialect) credentials given for an API of the \(auth.dialect) dialect"
             )
-        default:
-            throw Self.error(
-                endpoint: "login",
-                status: status,
-                retryAfter: headers.first(name: "Retry-After"),
+        }
+        let answer = try await exchange(auth.loginRequest(credentials), endpoint: "login")
+        guard auth.isSuccess(answer.status) else {
+            if answer.status == 401, case .nymble(let nymble) = credentials {
+                throw NymbleAPIError(
+                    .invalidCredentials,
+                    endpoint: "login",
+                    status: answer.status,
+                    detail: "ClientId/ClientSecret rejected, or OrgCode \(nymble.orgCode) does not match them"
+                )
+            }
+            throw failure(answer, endpoint: "login", scrubbing: [credentials.secret])
+        }
+        return try auth.grant(answer, endpoint: "login")
+    }
+
+    /// Renews with `refreshToken` (B2B; it rotates: the answer carries the next one).
+    ///
+    /// - Throws: ``NymbleAPIError`` — `.unauthorized` when the refresh token is refused (expired, used or
+    ///   revoked: log in instead), and the login's other errors.
+    public func refresh(_ refreshToken: AccessToken) async throws(NymbleAPIError) -> LoginGrant {
+        guard let request = auth.refreshRequest(refreshToken) else {
+            throw NymbleAPIError(.badRequest, api: auth.apiName, endpoint: "refresh", detail: "the API has no refresh")
+        }
+        let answer = try await exchange(request, endpoint: "refresh")
+        guard auth.isSuccess(answer.status) else {
+            throw failure(answer, endpoint: "refresh", scrubbing: [refreshToken.bearerValue])
+        }
+        return try auth.grant(answer, endpoint: "refresh")
+    }
+
+    /// Logs `token` out where the API offers it (AchieveApex's `DELETE /authentication`); returns false when
+    /// it offers no logout.
+    @discardableResult
+    public func logout(_ token: AccessToken) async throws(NymbleAPIError) -> Bool {
+        guard let request = auth.logoutRequest(token) else { return false }
+        let answer = try await exchange(request, endpoint: "logout")
+        guard (200...299).contains(answer.status) else {
+            throw failure(answer, endpoint: "logout", scrubbing: [token.bearerValue])
+        }
+        return true
+    }
+
+    private func failure(_ answer: AuthAnswer, endpoint: String, scrubbing secrets: [String]) -> NymbleAPIError {
+        if auth.dialect == .nymble {
+            return Self.error(
+                endpoint: endpoint,
+                status: answer.status,
+                retryAfter: answer.headers.first(name: "Retry-After"),
                 excerpt: nil
             )
         }
+        return auth.error(
+            status: answer.status,
+            retryAfter: answer.headers.first(name: "Retry-After"),
+            body: answer.body,
+            endpoint: endpoint,
+            scrubbing: secrets
+        )
     }
 
-    /// `POST /api/auth/access` for one pair, with `Authorization: Bearer <token>`.
+    /// The enrichment call for one pair (Nymble: `POST /api/auth/access`), authorised with `token`.
     ///
-    /// - Throws: ``NymbleAPIError`` — `.unauthorized` on 401 (re-login), `.badRequest` on 400 (permanent),
-    ///   `.rateLimited` on 429 (with Retry-After), `.serverError` on 5xx, `.transport`, `.undecodable`.
+    /// - Throws: ``NymbleAPIError`` — `.unauthorized` on 401 (re-login), `.badRequest` on 400 and `.forbidden`
+    ///   on 403 (permanent), `.rateLimited` on 429 (with Retry-After), `.serverError` on 5xx, `.transport`,
+    ///   `.undecodable`.
     public func access(
         organizationId: String,
         userId: String,
@@ -205,40 +247,66 @@ public struct NymbleClient: Sendable {
     ) async throws(NymbleAPIError)
         -> CommerceContext
     {
+        let call = configuration.call
         var body = ByteBuffer()
-        body.writeStaticString("{\"OrganizationId\":")
-        JSONText.write(organizationId, into: &body)
-        body.writeStaticString(",\"UserId\":")
-        JSONText.write(userId, into: &body)
-        body.writeStaticString("}")
+        var query = ""
+        if call.method == .get {
+            query =
+                "?" + Self.queryItem(call.organizationField, organizationId) + "&"
+                + Self.queryItem(call.userField, userId)
+        } else {
+            body.writeBytes(bodyOpen)
+            JSONText.write(organizationId, into: &body)
+            body.writeBytes(bodyMiddle)
+            JSONText.write(userId, into: &body)
+            body.writeStaticString("}")
+        }
         let answer: HTTP1Answer
         do {
             answer = try await accessHTTP.send(
-                accessRequest.request(bearer: token.bearerValue, body: body.readableBytesView)
+                accessRequest.request(bearer: token.bearerValue, query: query, body: body.readableBytesView)
             )
         } catch {
             throw transportError(error, endpoint: "access")
         }
-        switch answer.status {
-        case 200:
-            if let context = CommerceContextDecoder.decode(answer.body) { return context }
+        if answer.status == 200 {
+            if let context = CommerceContextDecoder.decode(answer.body, fields: call.answer) { return context }
+            let fields = call.answer
             throw NymbleAPIError(
                 .undecodable,
+                api: auth.apiName,
                 endpoint: "access",
                 status: answer.status,
-                detail: "the answer is not {CustomerNumber, PriceTier, CurrencyCode}"
+                detail: "the answer is not {\(fields.customerNumber), \(fields.priceTier), \(fields.currencyCode)}"
             )
-        case 401:
+        }
+        if auth.dialect != .nymble {
+            throw auth.error(
+                status: answer.status,
+                retryAfter: answer.retryAfter,
+                body: Array(answer.body.readableBytesView.prefix(4_096)),
+                endpoint: "access",
+                scrubbing: [token.bearerValue]
+            )
+        }
+        if answer.status == 401 {
             throw NymbleAPIError(
                 .unauthorized,
                 endpoint: "access",
                 status: answer.status,
                 detail: "bearer token missing, expired or invalid"
             )
-        default:
-            let excerpt = Self.excerpt(answer.body.readableBytesView, scrubbing: token.bearerValue)
-            throw Self.error(endpoint: "access", status: answer.status, retryAfter: answer.retryAfter, excerpt: excerpt)
         }
+        let excerpt = Self.excerpt(answer.body.readableBytesView, scrubbing: token.bearerValue)
+        throw Self.error(endpoint: "access", status: answer.status, retryAfter: answer.retryAfter, excerpt: excerpt)
+    }
+
+    /// `name=value`, both percent-encoded for a query string.
+    private static func queryItem(_ name: String, _ value: String) -> String {
+        var allowed = CharacterSet.urlQueryAllowed
+        allowed.remove(charactersIn: "&=+?#")
+        return (name.addingPercentEncoding(withAllowedCharacters: allowed) ?? "") + "="
+            + (value.addingPercentEncoding(withAllowedCharacters: allowed) ?? "")
     }
 
     /// A failed exchange (of either client) as the API error the runner acts on.
@@ -247,34 +315,52 @@ public struct NymbleClient: Sendable {
         case HTTP1Failure.tooLarge:
             return NymbleAPIError(
                 .undecodable,
+                api: auth.apiName,
                 endpoint: endpoint,
                 detail: "the answer is larger than \(configuration.maximumResponseBytes) bytes"
             )
         case HTTP1Failure.timedOut:
-            return NymbleAPIError(.transport, endpoint: endpoint, detail: "request timeout")
+            return NymbleAPIError(.transport, api: auth.apiName, endpoint: endpoint, detail: "request timeout")
         case HTTP1Failure.closed:
-            return NymbleAPIError(.transport, endpoint: endpoint, detail: "connection closed by the server")
+            return NymbleAPIError(
+                .transport,
+                api: auth.apiName,
+                endpoint: endpoint,
+                detail: "connection closed by the server"
+            )
         case HTTP1Failure.invalidAnswer:
-            return NymbleAPIError(.transport, endpoint: endpoint, detail: "the answer is not HTTP/1.1")
+            return NymbleAPIError(
+                .transport,
+                api: auth.apiName,
+                endpoint: endpoint,
+                detail: "the answer is not HTTP/1.1"
+            )
         case HTTP1Failure.shutDown:
-            return NymbleAPIError(.transport, endpoint: endpoint, detail: "the client is shut down")
+            return NymbleAPIError(.transport, api: auth.apiName, endpoint: endpoint, detail: "the client is shut down")
         case HTTP1Failure.noConnection:
             return NymbleAPIError(
                 .transport,
+                api: auth.apiName,
                 endpoint: endpoint,
                 detail: "no connection to \(hostAndPort) came free within the request timeout; nothing was sent"
             )
         case ChannelError.connectTimeout:
-            return NymbleAPIError(.transport, endpoint: endpoint, detail: "connect timeout")
+            return NymbleAPIError(.transport, api: auth.apiName, endpoint: endpoint, detail: "connect timeout")
         default:
             if let reason = Self.unreachable(error) {
                 return NymbleAPIError(
                     .unreachable,
+                    api: auth.apiName,
                     endpoint: endpoint,
                     detail: "cannot connect to \(hostAndPort): \(reason)"
                 )
             }
-            return NymbleAPIError(.transport, endpoint: endpoint, detail: Self.describeTransport(error))
+            return NymbleAPIError(
+                .transport,
+                api: auth.apiName,
+                endpoint: endpoint,
+                detail: Self.describeTransport(error)
+            )
         }
     }
 
@@ -324,33 +410,39 @@ public struct NymbleClient: Sendable {
         return String(text.prefix(200))
     }
 
-    private func post(
-        url: String,
-        endpoint: String,
-        body: String,
-        bearer: AccessToken?,
-        on http: HTTPClient
-    ) async throws(NymbleAPIError)
-        -> (Int, HTTPHeaders, Data)
-    {
-        var request = HTTPClientRequest(url: url)
-        request.method = .POST
-        request.headers.add(name: "Content-Type", value: "application/json")
-        request.headers.add(name: "Accept", value: "application/json")
-        if let bearer { request.headers.add(name: "Authorization", value: "Bearer \(bearer.bearerValue)") }
-        request.body = .bytes(ByteBuffer(string: body))
+    /// One request of the login conversation through AsyncHTTPClient, the answer collected up to the cap.
+    private func exchange(_ request: AuthRequest, endpoint: String) async throws(NymbleAPIError) -> AuthAnswer {
+        var outgoing = HTTPClientRequest(url: configuration.normalizedBaseURL + request.path)
+        outgoing.method = request.method == .delete ? .DELETE : .POST
+        outgoing.headers.add(name: "Accept", value: "application/json")
+        if let bearer = request.bearer {
+            let (header, scheme) = auth.authorization
+            outgoing.headers.add(
+                name: header,
+                value: scheme.isEmpty ? bearer.bearerValue : "\(scheme) \(bearer.bearerValue)"
+            )
+        }
+        if let body = request.body {
+            outgoing.headers.add(name: "Content-Type", value: "application/json")
+            outgoing.body = .bytes(ByteBuffer(string: body))
+        }
         do {
-            let response = try await http.execute(
-                request,
+            let response = try await loginHTTP.execute(
+                outgoing,
                 timeout: .init(configuration.requestTimeout),
                 logger: Self.requestLogger
             )
             let buffer = try await response.body.collect(upTo: configuration.maximumResponseBytes)
-            return (Int(response.status.code), response.headers, Data(buffer.readableBytesView))
+            return AuthAnswer(
+                status: Int(response.status.code),
+                headers: response.headers,
+                body: Array(buffer.readableBytesView)
+            )
         } catch let error as NIOTooManyBytesError {
             _ = error
             throw NymbleAPIError(
                 .undecodable,
+                api: auth.apiName,
                 endpoint: endpoint,
                 detail: "the answer is larger than \(configuration.maximumResponseBytes) bytes"
             )

@@ -7,15 +7,24 @@ import NIOCore
 import NymbleAPI
 import ServiceLifecycle
 
-/// A faithful simulator of the Nymble Commerce auth API (`../shared/api-contract.md`), over real HTTP.
+/// A faithful simulator of the Nymble Commerce auth API (`../shared/api-contract.md`), over real HTTP, and of
+/// the two other login dialects enrich speaks (``SimulatorConfiguration/dialect``).
 ///
+/// Nymble (the default):
 /// - `POST /api/auth/login`: 200 with `AccessToken` (JWT-shaped, really expiring), `TokenType` "api-key",
 ///   `ExpiresIn`; 401 on wrong credentials; 429 beyond 10 logins per minute per ClientId.
 /// - `POST /api/auth/access`: 401 for a missing, unknown, expired or revoked bearer token; 400 for a
 ///   missing or malformed id; 200 with the deterministic ``CommerceDirectory`` context (nulls included).
-/// - Knobs: an `/access` token bucket answering 429 with Retry-After as seconds, an HTTP-date or absent;
-///   latency; shares of 5xx, dropped connections and slow answers.
-/// - `GET /_stats` returns ``SimulatorStats`` as JSON; `POST /_admin/revoke` revokes every token.
+///
+/// B2B: `POST /auth/login`, `POST /auth/refresh` (rotating refresh tokens), `POST /api/v2/commerce/lookup`,
+/// `POST /_admin/revoke-refresh`. AchieveApex: `POST /authentication` (`local` and `jwt` strategies),
+/// `DELETE /authentication` (logout), `POST /commerce-context`. Their answers carry a `Date` header exact to
+/// the second they are sent, so that `access_expires_at` or `exp` minus `Date` is the token's lifetime.
+///
+/// In every dialect:
+/// - Knobs: a token bucket on the enrichment call answering 429 with Retry-After as seconds, an HTTP-date or
+///   absent; latency; shares of 5xx, dropped connections and slow answers.
+/// - `GET /_stats` returns ``SimulatorStats`` as JSON; `POST /_admin/revoke` revokes every access token.
 public struct NymbleSimulator: Service {
     public let configuration: SimulatorConfiguration
     let state: SimulatorState
@@ -30,8 +39,11 @@ public struct NymbleSimulator: Service {
     /// The counters so far.
     public func stats() -> SimulatorStats { state.stats() }
 
-    /// Revokes every token issued so far (their next use gets 401).
+    /// Revokes every access token issued so far (their next use gets 401).
     public func revokeAllTokens() { state.revokeAll() }
+
+    /// Revokes every B2B refresh token issued so far (their next refresh gets 401).
+    public func revokeAllRefreshTokens() { state.revokeAllRefreshTokens() }
 
     /// Serves until cancelled or gracefully shut down.
     public func run() async throws {
@@ -40,9 +52,20 @@ public struct NymbleSimulator: Service {
 
     /// Serves until cancelled; `onListening` receives the bound port (useful with port 0).
     public func run(onListening: @escaping @Sendable (Int) async -> Void) async throws {
+        let address = BindAddress.hostname(configuration.host, port: configuration.port)
+        guard configuration.dialect == .nymble else {
+            // Absolute expiries need a Date header exact to the second (Hummingbird's lags up to a second).
+            try await ExactDateServer.run(
+                responder: makeRouter().buildResponder(),
+                address: address,
+                logger: logger,
+                onListening: onListening
+            )
+            return
+        }
         let application = Application(
             router: makeRouter(),
-            configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: nil),
+            configuration: .init(address: address, serverName: nil),
             onServerRunning: { channel in await onListening(channel.localAddress?.port ?? 0) },
             logger: logger
         )
@@ -77,8 +100,29 @@ public struct NymbleSimulator: Service {
 
     func makeRouter() -> Router<SimulatorContext> {
         let router = Router(context: SimulatorContext.self)
-        router.post("/api/auth/login") { request, _ in try await login(request) }
-        router.post("/api/auth/access") { request, context in try await access(request, context: context) }
+        switch configuration.dialect {
+        case .nymble:
+            router.post("/api/auth/login") { request, _ in try await login(request) }
+            router.post("/api/auth/access") { request, context in
+                try await enrichment(.nymble, request, context: context)
+            }
+        case .b2b:
+            router.post("/auth/login") { request, _ in try await b2bLogin(request) }
+            router.post("/auth/refresh") { request, _ in try await b2bRefresh(request) }
+            router.post("/api/v2/commerce/lookup") { request, context in
+                try await enrichment(.b2b, request, context: context)
+            }
+            router.post("/_admin/revoke-refresh") { _, _ in
+                state.revokeAllRefreshTokens()
+                return Response(status: .noContent)
+            }
+        case .achieveApex:
+            router.post("/authentication") { request, _ in try await apexAuthenticate(request) }
+            router.delete("/authentication") { request, _ in try await apexLogOut(request) }
+            router.post("/commerce-context") { request, context in
+                try await enrichment(.achieveApex, request, context: context)
+            }
+        }
         router.get("/_stats") { _, _ in
             let body = try JSONEncoder().encode(state.stats())
             return Response(
@@ -107,7 +151,7 @@ public struct NymbleSimulator: Service {
         guard let login = try? JSONDecoder().decode(Login.self, from: Data(buffer: body)) else {
             return Self.json(.badRequest, #"{"error":"OrgCode, ClientId and ClientSecret are required strings"}"#)
         }
-        if let wait = state.admitLogin(clientId: login.ClientId) {
+        if let wait = state.admitLogin(account: login.ClientId) {
             var headers = HTTPFields()
             headers[.retryAfter] = String(Int(wait.inSeconds.rounded(.up)))
             return Self.json(.tooManyRequests, #"{"error":"too many logins"}"#, headers: headers)
@@ -123,61 +167,8 @@ public struct NymbleSimulator: Service {
         return Self.json(.ok, #"{"AccessToken":"\#(token)","TokenType":"api-key","ExpiresIn":\#(lifetime)}"#)
     }
 
-    private func access(_ request: Request, context: SimulatorContext) async throws -> Response {
-        state.enter()
-        defer { state.leave() }
-        let slow = configuration.slowRate > 0 && Double.random(in: 0..<1) < configuration.slowRate
-        try await delay(slow: slow)
-        if let wait = state.admitAccess() {
-            state.update { $0.access429 += 1 }
-            var headers = HTTPFields()
-            if configuration.retryAfterStyle == .seconds {
-                headers[.retryAfter] = String(max(1, Int(wait.inSeconds.rounded(.up))))
-            } else if configuration.retryAfterStyle == .httpDate {
-                headers[.retryAfter] = RetryAfter.format(Date().addingTimeInterval(max(1, wait.inSeconds.rounded(.up))))
-            }
-            return Self.json(.tooManyRequests, #"{"error":"rate limited"}"#, headers: headers)
-        }
-        let authorization = request.headers[.authorization] ?? ""
-        let bearer = authorization.hasPrefix("Bearer ") ? String(authorization.dropFirst(7)) : nil
-        switch state.check(bearer: bearer) {
-        case .valid: break
-        case .missing, .unknown, .revoked, .expired:
-            state.update { $0.access401 += 1 }
-            return Self.json(.unauthorized, #"{"error":"invalid token"}"#)
-        }
-        let body = try await request.body.collect(upTo: 64 * 1024)
-        struct Access: Decodable {
-            let OrganizationId: String?
-            let UserId: String?
-        }
-        guard let pair = try? JSONDecoder().decode(Access.self, from: Data(buffer: body)),
-            let organizationId = pair.OrganizationId, let userId = pair.UserId,
-            CommerceDirectory.isWellFormed(organizationId), CommerceDirectory.isWellFormed(userId)
-        else {
-            state.update { $0.access400 += 1 }
-            return Self.json(.badRequest, #"{"error":"OrganizationId or UserId missing or malformed"}"#)
-        }
-        state.recordArrival(userId: userId)
-        if configuration.dropRate > 0 && Double.random(in: 0..<1) < configuration.dropRate {
-            state.update { $0.accessDropped += 1 }
-            try await context.channel.close()
-            throw HTTPError(.internalServerError)
-        }
-        if configuration.serverErrorRate > 0 && Double.random(in: 0..<1) < configuration.serverErrorRate {
-            state.update { $0.access5xx += 1 }
-            let status: HTTPResponse.Status = [.internalServerError, .badGateway, .serviceUnavailable].randomElement()!
-            return Self.json(status, #"{"error":"try again"}"#)
-        }
-        let answer = CommerceDirectory.context(organizationId: organizationId, userId: userId)
-        state.update { $0.access200 += 1 }
-        return Self.json(
-            .ok,
-            #"{"CustomerNumber":\#(Self.jsonValue(answer.customerNumber)),"PriceTier":\#(Self.jsonValue(answer.priceTier)),"CurrencyCode":\#(Self.jsonValue(answer.currencyCode))}"#
-        )
-    }
-
-    private func delay(slow: Bool) async throws {
+    /// Waits the configured latency (plus the slow delay when `slow`).
+    func delay(slow: Bool) async throws {
         let latency = configuration.latency
         var wait =
             latency.maximum > latency.minimum
@@ -186,12 +177,45 @@ public struct NymbleSimulator: Service {
         if wait > .zero { try await Task.sleep(for: wait) }
     }
 
-    private static func jsonValue(_ text: String?) -> String {
+    /// A JSON string or `null` for a ``CommerceDirectory`` value (which never needs escaping).
+    static func jsonValue(_ text: String?) -> String {
         guard let text else { return "null" }
         return "\"" + text + "\""
     }
 
-    private static func json(_ status: HTTPResponse.Status, _ body: String, headers: HTTPFields = [:]) -> Response {
+    /// `text` as a JSON string literal, quoted and escaped.
+    static func jsonString(_ text: String) -> String {
+        var literal = "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": literal += "\\\""
+            case "\\": literal += "\\\\"
+            case "\n": literal += "\\n"
+            case "\r": literal += "\\r"
+            case "\t": literal += "\\t"
+            case _ where scalar.value < 0x20:
+                let hex = String(scalar.value, radix: 16)
+                literal += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default: literal.unicodeScalars.append(scalar)
+            }
+        }
+        return literal + "\""
+    }
+
+    /// The bearer token of `Authorization: Bearer <token>`, if any.
+    static func bearer(_ request: Request) -> String? {
+        let authorization = request.headers[.authorization] ?? ""
+        return authorization.hasPrefix("Bearer ") ? String(authorization.dropFirst(7)) : nil
+    }
+
+    /// `Retry-After: <seconds>` (at least 1), as the B2B and AchieveApex login limits answer.
+    static func retryAfterSeconds(_ wait: Duration) -> HTTPFields {
+        var headers = HTTPFields()
+        headers[.retryAfter] = String(max(1, Int(wait.inSeconds.rounded(.up))))
+        return headers
+    }
+
+    static func json(_ status: HTTPResponse.Status, _ body: String, headers: HTTPFields = [:]) -> Response {
         var headers = headers
         headers[.contentType] = "application/json"
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: body)))

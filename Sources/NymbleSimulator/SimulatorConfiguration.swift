@@ -1,9 +1,10 @@
 import Foundation
+import NymbleAPI
 
 /// Everything the simulator can be told. All faults and limits beyond the documented login limit are off
 /// by default, so a default simulator is the API on a good day.
 public struct SimulatorConfiguration: Sendable {
-    /// How a 429 from `/access` states when to come back.
+    /// How a 429 from the enrichment call (`/access` and its equivalents) states when to come back.
     public struct RetryAfterStyle: Sendable, Hashable, CustomStringConvertible {
         private enum Base: String, Sendable, Hashable {
             case seconds
@@ -68,13 +69,28 @@ public struct SimulatorConfiguration: Sendable {
     public var host: String = "127.0.0.1"
     /// Port to bind; 0 picks a free one (published through `onListening`).
     public var port: Int = 0
+    /// Which API the simulator speaks (`../shared/api-contract.md`): Nymble (section 1, the default), the B2B
+    /// password-login API (section 2) or AchieveApex (section 3). Each serves only its own login and enrichment
+    /// routes; `GET /_stats` and `POST /_admin/revoke` are served by all three.
+    public var dialect: APIDialect = .nymble
     /// The credentials the simulator accepts.
     public var orgCode: String = "org_12345"
     public var clientId: String = "sdaf43tfsdg45dg"
     public var clientSecret: String = "QsFdas%4F1asr23tgb675%3"
-    /// `ExpiresIn` of issued tokens, in seconds (the vendor's default is 86,400).
+    /// The username the B2B dialect accepts on `POST /auth/login`.
+    public var username: String = "svc_enrich"
+    /// The email the AchieveApex dialect accepts on `POST /authentication` (`local` strategy).
+    public var email: String = "enrich@example.com"
+    /// The password the B2B and AchieveApex dialects accept.
+    public var password: String = "b2b-Pa55word!"
+    /// Lifetime of issued access tokens, in every dialect: Nymble's `ExpiresIn` (the vendor's default is
+    /// 86,400 seconds), B2B's `access_expires_at` (now plus this, down to the second), AchieveApex's JWT `exp`
+    /// (`iat` plus this in whole seconds). A token stops being valid when its lifetime is over.
     public var tokenLifetime: Duration = .seconds(86_400)
-    /// Logins allowed per minute per ClientId (documented: 10).
+    /// Lifetime of B2B refresh tokens (`refresh_expires_at`, now plus this, down to the second).
+    public var refreshTokenLifetime: Duration = .seconds(7 * 86_400)
+    /// Logins allowed in any 60 seconds per ClientId, B2B username or AchieveApex email (Nymble documents 10
+    /// per minute). B2B refreshes and AchieveApex `jwt` re-authentications are not logins.
     public var loginsPerMinute: Int = 10
     /// `/access` token bucket: sustained requests per second; nil = unlimited.
     public var accessRate: Double? = nil
