@@ -35,6 +35,7 @@ public struct Fleet: Sendable {
     public func tokens<C: Clock>(
         configuration: TokenStoreConfiguration,
         databaseRetryLimit: Duration,
+        staleAfter: Duration,
         clock: C,
         logger: Logger,
         authenticator: Authenticator
@@ -45,6 +46,7 @@ public struct Fleet: Sendable {
             owner: owner,
             configuration: configuration,
             databaseRetryLimit: databaseRetryLimit,
+            staleAfter: staleAfter,
             clock: clock,
             logger: logger,
             authenticator: authenticator

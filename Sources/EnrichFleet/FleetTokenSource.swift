@@ -37,6 +37,9 @@ public actor FleetTokenSource<C: Clock>: TokenSource where C.Duration == Duratio
     private let clock: C
     private let configuration: TokenStoreConfiguration
     private let databaseRetryLimit: Duration
+    /// A run of the schema whose heartbeat is older (and that has no liveness lock) is not live: used to
+    /// tell whether this worker is the fleet's last.
+    private let staleAfter: Duration
     private let logger: Logger
     /// How often a worker looks again while another one logs in.
     private let pollInterval = Duration.milliseconds(100)
@@ -58,10 +61,12 @@ public actor FleetTokenSource<C: Clock>: TokenSource where C.Duration == Duratio
         owner: String,
         configuration: TokenStoreConfiguration = .init(),
         databaseRetryLimit: Duration,
+        staleAfter: Duration = .seconds(60),
         clock: C,
         logger: Logger,
         authenticator: Authenticator
     ) {
+        self.staleAfter = staleAfter
         self.credentials = credentials
         self.seal = seal
         self.owner = owner
@@ -109,8 +114,8 @@ public actor FleetTokenSource<C: Clock>: TokenSource where C.Duration == Duratio
     public func endSession(deadline: Duration) async {
         guard let logout = authenticator.logout else { return }
         let seal = seal
-        await bestEffort(within: deadline) { [credentials, logger] in
-            guard let sealed = try await credentials.endSession() else { return }
+        await bestEffort(within: deadline) { [credentials, logger, staleAfter] in
+            guard let sealed = try await credentials.endSession(staleAfter: staleAfter) else { return }
             logger.info("the fleet's last worker ends the API session")
             if let token = seal.open(sealed) { try await logout(AccessToken(token)) }
         }
@@ -148,7 +153,13 @@ public actor FleetTokenSource<C: Clock>: TokenSource where C.Duration == Duratio
                 try await clock.sleep(for: pollInterval)  // another worker is logging in
                 continue
             }
-            if let refreshed = try await refreshed(snapshot) { return refreshed }
+            switch try await refreshed(snapshot) {
+            case .renewed(let token): return token
+            // Refused: look again (another worker may have renewed meanwhile, and the lease and the login
+            // limit are taken afresh); the refresh token is spent, so the next round logs in.
+            case .refused: continue
+            case .notTried: break
+            }
             if wait > .zero {
                 logger.notice(
                     "the fleet's login limit is reached; waiting for a slot",
@@ -157,7 +168,9 @@ public actor FleetTokenSource<C: Clock>: TokenSource where C.Duration == Duratio
                 try await clock.sleep(for: min(wait, lease / 2))
                 continue
             }
-            try await retryingDatabase { try await credentials.recordLoginAttempt(owner: owner, lease: lease) }
+            // The lease may have lapsed meanwhile (a slow refresh or database) and another worker logged in.
+            guard try await retryingDatabase({ try await credentials.recordLoginAttempt(owner: owner, lease: lease) })
+            else { continue }
             logins += 1
             let sentAt = clock.now
             do {
@@ -174,24 +187,33 @@ public actor FleetTokenSource<C: Clock>: TokenSource where C.Duration == Duratio
         }
     }
 
-    /// Renews with the fleet's refresh token when it has one with time left, as the lease holder; nil when
-    /// there is none or the API refused it (the caller logs in).
-    private func refreshed(_ snapshot: FleetCredentials.Snapshot) async throws -> FetchedToken? {
+    private enum Refresh {
+        case notTried
+        case refused
+        case renewed(FetchedToken)
+    }
+
+    /// Renews with the fleet's refresh token when it has one with time left, as the lease holder. The token
+    /// is taken out of the row before it is sent, so it is never sent twice, even if the lease lapses.
+    private func refreshed(_ snapshot: FleetCredentials.Snapshot) async throws -> Refresh {
         guard let refresh = authenticator.refresh, snapshot.sealedRefreshToken != nil,
             let life = snapshot.refreshTokenExpiresIn, life > TokenStoreConfiguration.minimumRefreshTokenLife,
-            let sealed = try await retryingDatabase({ try await credentials.takeRefreshToken(owner: owner) }),
+            let sealed = try await retryingDatabase({
+                try await credentials.takeRefreshToken(owner: owner, lease: lease)
+            }),
             let token = seal.open(sealed)
-        else { return nil }
+        else { return .notTried }
         let sentAt = clock.now
+        let grant: LoginGrant
         do {
-            let grant = try await refresh(AccessToken(token))
-            refreshes += 1
-            return try await store(grant, sentAt: sentAt, refreshed: true)
+            grant = try await refresh(AccessToken(token))
         } catch {
             if Task.isCancelled { throw CancellationError() }
             logger.notice("refresh failed; logging in instead", metadata: ["error": "\(error)"])
-            return nil
+            return .refused
         }
+        refreshes += 1
+        return .renewed(try await store(grant, sentAt: sentAt, refreshed: true))
     }
 
     /// Stores a grant for the fleet (sealed) and hands it out.

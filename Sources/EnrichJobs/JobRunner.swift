@@ -94,6 +94,7 @@ public struct JobRunner: Sendable {
             tokens = fleet.tokens(
                 configuration: plan.token,
                 databaseRetryLimit: plan.worker.databaseOutageLimit,
+                staleAfter: plan.worker.staleAfter,
                 clock: ContinuousClock(),
                 logger: logger,
                 authenticator: authenticator

@@ -108,21 +108,24 @@ public struct FleetCredentials: Sendable {
         return .seconds(max(wait, 0))
     }
 
-    /// Counts a login request about to be sent by the lease holder (login times older than an hour are
-    /// dropped) and extends its lease by `lease`.
-    public func recordLoginAttempt(owner: String, lease: Duration) async throws {
-        try await database.query(
+    /// Counts a login request about to be sent by the lease holder `owner` (login times older than an hour
+    /// are dropped) and extends its lease by `lease`. False when `owner` no longer holds the lease (it lapsed
+    /// and another worker took it): nothing is counted, and no login may be sent.
+    public func recordLoginAttempt(owner: String, lease: Duration) async throws -> Bool {
+        let rows = try await database.query(
             "count a login",
             """
             UPDATE \(unescaped: database.schema).api_credentials SET
                 login_times = ARRAY(SELECT t FROM unnest(login_times) AS t
                                     WHERE t > now() - interval '1 hour' ORDER BY t) || now(),
                 logins = logins + 1,
-                login_owner = \(owner), login_until = now() + make_interval(secs => \(lease.inSeconds)),
+                login_until = now() + make_interval(secs => \(lease.inSeconds)),
                 updated_at = now()
-            WHERE key = \(key)
+            WHERE key = \(key) AND login_owner = \(owner) AND login_until > now()
+            RETURNING 1
             """
         )
+        return try rows.first != nil
     }
 
     /// Stores a new token (sealed) obtained `sentAgo` ago with `lifetime`, renewed `margin` before it
@@ -163,13 +166,14 @@ public struct FleetCredentials: Sendable {
 
     /// Takes the refresh token for the lease holder `owner`, removing it from the row in the same statement:
     /// it rotates, so whoever sends it must be the only one ever to (even if the lease then expires). nil
-    /// when there is none, or `owner` does not hold the lease.
-    public func takeRefreshToken(owner: String) async throws -> [UInt8]? {
+    /// when there is none, or `owner` does not hold the lease. The lease is extended by `lease`.
+    public func takeRefreshToken(owner: String, lease: Duration) async throws -> [UInt8]? {
         let rows = try await database.query(
             "take the refresh token",
             """
             UPDATE \(unescaped: database.schema).api_credentials AS c SET
-                sealed_refresh_token = NULL, refresh_token_expires_at = NULL, updated_at = now()
+                sealed_refresh_token = NULL, refresh_token_expires_at = NULL, updated_at = now(),
+                login_until = now() + make_interval(secs => \(lease.inSeconds))
             FROM (SELECT sealed_refresh_token FROM \(unescaped: database.schema).api_credentials
                   WHERE key = \(key) FOR UPDATE) AS old
             WHERE c.key = \(key) AND c.login_owner = \(owner) AND c.login_until > now()
@@ -180,11 +184,13 @@ public struct FleetCredentials: Sendable {
         return try rows.first.map { Array(try $0.decode(ByteBuffer.self).readableBytesView) }
     }
 
-    /// Ends the fleet's session when no other run of the schema is live (`running` with a heartbeat in the
-    /// last minute): clears the tokens and returns the sealed access token that was current, for the caller
-    /// to log out. nil when another run is live or there is no token. Of workers stopping together, the
-    /// statement lets exactly one through (each marks its own run finished first).
-    public func endSession() async throws -> [UInt8]? {
+    /// Ends the fleet's session when no other run of the schema is live (see ``JobRuns`` for how a dead run
+    /// is told: its liveness lock is gone, or its heartbeat is older than `staleAfter`): clears the tokens
+    /// and returns the sealed access token that was current, for the caller to log out. nil when another
+    /// run is live or there is no token. Of workers stopping together, the statement lets exactly one
+    /// through (each has ended its own run first).
+    public func endSession(staleAfter: Duration) async throws -> [UInt8]? {
+        let dead = JobRuns(database: database).deadCondition(staleAfter: staleAfter)
         let rows = try await database.query(
             "end the fleet's session",
             """
@@ -195,8 +201,8 @@ public struct FleetCredentials: Sendable {
             FROM (SELECT sealed_token FROM \(unescaped: database.schema).api_credentials
                   WHERE key = \(key) FOR UPDATE) AS old
             WHERE c.key = \(key) AND old.sealed_token IS NOT NULL
-                AND NOT EXISTS (SELECT 1 FROM \(unescaped: database.schema).job_runs
-                                WHERE state = 'running' AND heartbeat_at > now() - interval '1 minute')
+                AND NOT EXISTS (SELECT 1 FROM \(unescaped: database.schema).job_runs AS r
+                                WHERE r.state = 'running' AND NOT \(unescaped: dead))
             RETURNING old.sealed_token
             """
         )

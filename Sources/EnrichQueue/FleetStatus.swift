@@ -13,6 +13,10 @@ public struct FleetStatus: Codable, Sendable, Equatable {
         public var loginsLastHour: Int
         /// Why the credentials were refused, while they are.
         public var refused: String?
+        /// Renewals with a refresh token (B2B), ever.
+        public var refreshes: Int64 = 0
+        /// Sessions the fleet's last worker ended (B2B, AchieveApex), ever.
+        public var sessionsEnded: Int64 = 0
     }
 
     public struct Budget: Codable, Sendable, Equatable {
@@ -54,12 +58,12 @@ public struct FleetStatus: Codable, Sendable, Equatable {
             SELECT left(key, 12), generation, EXTRACT(EPOCH FROM expires_at - now())::float8,
                 CASE WHEN login_until > now() THEN login_owner END,
                 (SELECT count(*) FROM unnest(login_times) AS t WHERE t > now() - interval '1 hour')::integer,
-                refused_message
+                refused_message, refreshes, logouts
             FROM \(unescaped: schema).api_credentials ORDER BY key
             """
         ).map { row in
-            let (key, generation, expires, owner, logins, refused) = try row.decode(
-                (String, Int64, Double?, String?, Int32, String?).self
+            let (key, generation, expires, owner, logins, refused, refreshes, sessionsEnded) = try row.decode(
+                (String, Int64, Double?, String?, Int32, String?, Int64, Int64).self
             )
             return Token(
                 key: key,
@@ -67,7 +71,9 @@ public struct FleetStatus: Codable, Sendable, Equatable {
                 expiresInSeconds: expires,
                 loggingIn: owner,
                 loginsLastHour: Int(logins),
-                refused: refused
+                refused: refused,
+                refreshes: refreshes,
+                sessionsEnded: sessionsEnded
             )
         }
         let budgets = try await database.query(

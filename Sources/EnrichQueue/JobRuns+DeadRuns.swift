@@ -21,7 +21,7 @@ extension JobRuns {
     /// The SQL condition "run `r` is dead": its liveness lock is gone (and the server has been up long
     /// enough for live runs to have taken theirs again), or its heartbeat is older than `staleAfter` (nil:
     /// the lock alone decides).
-    private func deadCondition(staleAfter: Duration?) -> String {
+    func deadCondition(staleAfter: Duration?) -> String {
         let key = Self.livenessClass(schema: database.configuration.schema)
         let stale =
             staleAfter.map { "r.heartbeat_at < now() - make_interval(secs => \($0.inSeconds))" } ?? "false"

@@ -23,7 +23,8 @@ extension Queue {
     }
 
     /// Refreshes the planner's statistics of the queue table when they are missing or lag far behind it
-    /// (more rows changed since the last ANALYZE than a fifth of the table): returns whether it did.
+    /// (more rows changed since the last ANALYZE than a fifth of the table): returns whether it did. A role
+    /// that does not own the table cannot (PostgreSQL would only warn): it leaves that to autovacuum.
     ///
     /// Why: a queue filled just before a run (the nightly enqueue) has no statistics until autovacuum's
     /// next round, and without them PostgreSQL plans each claim as a bitmap scan of every pending row plus
@@ -35,12 +36,13 @@ extension Queue {
         let rows = try await database.query(
             "read the queue's statistics age",
             """
-            SELECT coalesce(last_analyze, last_autoanalyze) IS NULL
-                OR n_mod_since_analyze > greatest(1000, n_live_tup / 5)
+            SELECT (coalesce(last_analyze, last_autoanalyze) IS NULL
+                    OR n_mod_since_analyze > greatest(1000, n_live_tup / 5))
+                AND pg_has_role((SELECT relowner FROM pg_class WHERE oid = relid), 'MEMBER')
             FROM pg_stat_user_tables WHERE schemaname = \(database.configuration.schema) AND relname = 'queue_items'
             """
         )
-        guard try rows.first?.decode(Bool.self) ?? true else { return false }
+        guard try rows.first?.decode(Bool.self) ?? false else { return false }
         try await database.query("analyze the queue", "ANALYZE \(unescaped: schema).queue_items")
         return true
     }

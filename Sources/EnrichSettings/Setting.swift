@@ -244,11 +244,13 @@ extension SettingKind where Value == String {
 }
 
 extension SettingKind where Value == String {
-    /// A URL path: starts with `/`, no spaces, no query or fragment.
+    /// A URL path: starts with `/`; printable ASCII without spaces, `?` or `#` (it goes into the request line).
     public static var urlPath: Self {
         Self(expectation: "a path starting with /, without spaces, ? or #", valueName: "path", jsonType: .string) {
             text in
-            text.hasPrefix("/") && !text.contains(where: { $0.isWhitespace || $0 == "?" || $0 == "#" }) ? text : nil
+            text.hasPrefix("/")
+                && text.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "?") && $0 != UInt8(ascii: "#") }
+                ? text : nil
         }
     }
 }

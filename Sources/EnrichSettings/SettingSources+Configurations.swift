@@ -79,17 +79,28 @@ extension SettingSources {
         client.requestTimeout = try value(Settings.requestTimeout) ?? client.requestTimeout
         client.dialect = try value(Settings.dialect).flatMap(APIDialect.init(rawValue:)) ?? client.dialect
         client.refreshPath = try value(Settings.refreshPath) ?? client.refreshPath
-        var call = client.call
-        if let path = try value(Settings.callPath) {
-            call.path = path
-        } else if client.dialect != .nymble {
-            throw SettingError(
-                setting: Settings.callPath.name,
-                origin: .missing,
-                problem: "the \(client.dialect) dialect has no documented enrichment call: set call-path (and the "
-                    + "call-* and answer-* names) in the job file, or --call-path / ENRICH_CALL_PATH"
-            )
+        if client.dialect != .nymble {
+            // Nymble's defaults would send the password to Nymble's host, and a call with Nymble's names would
+            // be refused as malformed (permanently, for every row): another dialect names its own.
+            let required: [any AnySetting] = [
+                Settings.apiURL, Settings.callPath, Settings.callOrganizationField, Settings.callUserField,
+                Settings.answerCustomerNumber, Settings.answerPriceTier, Settings.answerCurrencyCode,
+            ]
+            let missing = required.filter { setting in
+                if case .defaultValue = origin(of: setting) { return true }
+                return false
+            }.map(\.name)
+            if let first = missing.first {
+                throw SettingError(
+                    setting: first,
+                    origin: .missing,
+                    problem: "the \(client.dialect) dialect has no built-in API profile: set "
+                        + missing.joined(separator: ", ") + " (in the job file, as flags or ENRICH_* variables)"
+                )
+            }
         }
+        var call = client.call
+        call.path = try value(Settings.callPath) ?? call.path
         call.method =
             try value(Settings.callMethod).flatMap { EnrichmentCall.Method(rawValue: $0.uppercased()) }
             ?? call.method
@@ -98,6 +109,16 @@ extension SettingSources {
         call.answer.customerNumber = try value(Settings.answerCustomerNumber) ?? call.answer.customerNumber
         call.answer.priceTier = try value(Settings.answerPriceTier) ?? call.answer.priceTier
         call.answer.currencyCode = try value(Settings.answerCurrencyCode) ?? call.answer.currencyCode
+        let answers = [call.answer.customerNumber, call.answer.priceTier, call.answer.currencyCode]
+        if Set(answers).count < 3 || call.organizationField == call.userField {
+            let setting =
+                call.organizationField == call.userField ? Settings.callUserField : Settings.answerCurrencyCode
+            throw SettingError(
+                setting: setting.name,
+                origin: origin(of: setting),
+                problem: "the call's two request names and three answer names must each be different"
+            )
+        }
         client.call = call
         return client
     }

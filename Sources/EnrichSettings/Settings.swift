@@ -82,7 +82,7 @@ public enum Settings {
         environment: "NYMBLE_BASE_URL",
         kind: .text(valueName: "url"),
         default: client.baseURL,
-        help: "base URL of the API (of any dialect)",
+        help: "base URL of the API (of any dialect; required for b2b and achieveapex)",
         group: .api
     )
     public static let orgCode = Setting(
@@ -158,7 +158,7 @@ public enum Settings {
         "call-method",
         environment: "ENRICH_CALL_METHOD",
         kind: .choice(EnrichmentCall.Method.allCases.map { $0.rawValue.lowercased() }),
-        default: client.call.method.rawValue,
+        default: client.call.method.rawValue.lowercased(),
         help: "the enrichment call's method: the pair in a JSON body, or in the query string for get",
         group: .api
     )
@@ -167,7 +167,8 @@ public enum Settings {
         environment: "ENRICH_CALL_PATH",
         kind: .urlPath,
         default: "\(client.call.path) (nymble)",
-        help: "the enrichment call's path under the base URL; required for the b2b and achieveapex dialects",
+        help: "the enrichment call's path under the base URL; for b2b and achieveapex, it and every call-* and "
+            + "answer-* name are required",
         group: .api
     )
     public static let callOrganizationField = Setting(

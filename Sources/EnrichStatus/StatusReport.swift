@@ -139,9 +139,12 @@ public struct StatusReport: Codable, Sendable {
             var line = "  token \(token.key): generation \(token.generation)"
             if let expires = token.expiresInSeconds {
                 line += expires > 0 ? ", expires in \(DurationText.format(expires))" : ", expired"
+            } else if token.sessionsEnded > 0 {
+                line += ", no token (the last worker ended the session)"
             }
             if let owner = token.loggingIn { line += ", \(owner) logging in" }
             line += ", \(token.loginsLastHour) login\(token.loginsLastHour == 1 ? "" : "s") in the last hour"
+            if token.refreshes > 0 { line += ", \(token.refreshes) refresh\(token.refreshes == 1 ? "" : "es") in all" }
             if let refused = token.refused { line += "; REFUSED: \(refused.prefix(120))" }
             lines.append(line)
         }

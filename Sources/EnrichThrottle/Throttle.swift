@@ -99,6 +99,8 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
     /// How long an open gate holds without the actor: short enough that the controller's one-second
     /// measurement (ten slots of 0.1 s) sees accepted calls in the right slot.
     private static var gateSpan: Duration { .milliseconds(50) }
+    /// How often a worker of a fleet looks at the fleet's pause (the fallback for a lost NOTIFY).
+    private static var pauseLookInterval: Duration { .milliseconds(250) }
     private let gate = Mutex(Gate())
 
     /// - Parameter budget: the fleet's shared budget; nil for a process on its own.
@@ -180,7 +182,7 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
                 continue
             }
             if let budget, !consultingBudget,
-                lastPauseCheck.map({ $0.duration(to: now) >= .milliseconds(250) }) ?? true,
+                lastPauseCheck.map({ $0.duration(to: now) >= Self.pauseLookInterval }) ?? true,
                 budgetRetryAt.map({ now >= $0 }) ?? true
             {
                 // One look at the fleet's pause at a time. Nobody sends before the first (a worker may start
@@ -407,7 +409,7 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
             } else if configuration.controller.maximumRate == nil && sharedRate == nil, firstPauseLookDone,
                 let lastPauseCheck, budgetRetryAt == nil
             {
-                let due = lastPauseCheck.advanced(by: .milliseconds(250))
+                let due = lastPauseCheck.advanced(by: Self.pauseLookInterval)
                 if due > now { openUntil = min(span, due) }
             }
         }

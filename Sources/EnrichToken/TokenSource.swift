@@ -56,12 +56,25 @@ extension Authenticator {
 }
 
 /// Runs `body`, giving up (and cancelling it) after `deadline`: for the best-effort steps of a shutdown.
-public func bestEffort(within deadline: Duration, _ body: @escaping @Sendable () async throws -> Void) async {
-    await withTaskGroup(of: Void.self) { group in
-        group.addTask { try? await body() }
-        group.addTask { try? await Task.sleep(for: deadline) }
-        await group.next()
+/// Returns whether `body` finished without an error in time.
+@discardableResult
+public func bestEffort(within deadline: Duration, _ body: @escaping @Sendable () async throws -> Void) async -> Bool {
+    await withTaskGroup(of: Bool.self) { group in
+        group.addTask {
+            do {
+                try await body()
+                return true
+            } catch {
+                return false
+            }
+        }
+        group.addTask {
+            try? await Task.sleep(for: deadline)
+            return false
+        }
+        let finished = await group.next() ?? false
         group.cancelAll()
+        return finished
     }
 }
 
@@ -162,8 +175,11 @@ public actor LoginTokenSource<C: Clock>: TokenSource where C.Duration == Duratio
         guard let logout = authenticator.logout, let token = lastToken else { return }
         lastToken = nil
         refreshToken = nil
-        await bestEffort(within: deadline) { try await logout(token) }
-        logger.info("session ended")
+        if await bestEffort(within: deadline, { try await logout(token) }) {
+            logger.info("API session ended")
+        } else {
+            logger.warning("could not end the API session in time; the token expires on its own")
+        }
     }
 
     public func fetch() async throws -> FetchedToken {

@@ -80,7 +80,7 @@ struct ItemProcessor<C: Clock>: Sendable where C.Duration == Duration {
                         return retryLater(item, reason: "\(error) (still 401 after \(unauthorizedRetries) re-logins)")
                     }
                     continue
-                case .badRequest, .forbidden:
+                case .badRequest:
                     throttle.accepted()
                     accounting.attemptFailed(RunMetrics.name(of: error.code))
                     return .failed(.permanent(item, reason: error.description))

@@ -230,7 +230,10 @@ public struct B2BDialect: AuthDialect {
 
     public func errorBody(_ body: [UInt8], scrubbing secrets: [String]) -> APIErrorBody? {
         guard let fields = JSONFields(body), let name = fields.string("error") else { return nil }
-        return APIErrorBody(name: name, message: fields.string("message").map { TokenText.scrub($0, secrets) })
+        return APIErrorBody(
+            name: TokenText.scrub(name, secrets, limit: 80),
+            message: fields.string("message").map { TokenText.scrub($0, secrets) }
+        )
     }
 }
 
@@ -282,10 +285,10 @@ public struct AchieveApexDialect: AuthDialect {
     public func errorBody(_ body: [UInt8], scrubbing secrets: [String]) -> APIErrorBody? {
         guard let fields = JSONFields(body), let name = fields.string("name") else { return nil }
         return APIErrorBody(
-            name: name,
+            name: TokenText.scrub(name, secrets, limit: 80),
             message: fields.string("message").map { TokenText.scrub($0, secrets) },
             code: fields.integer("code"),
-            className: fields.string("className")
+            className: fields.string("className").map { TokenText.scrub($0, secrets, limit: 80) }
         )
     }
 
@@ -331,21 +334,30 @@ enum TokenText {
         return try? Date(text, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true))
     }
 
-    /// Time from the answer to `instant`, on the server's clock: `instant` less the answer's `Date`, less the
-    /// second `Date` may have been truncated by; this host's clock when there is no `Date`.
+    /// Time from the answer to `instant`, on the server's clock: `instant` less the answer's `Date`, less two
+    /// seconds (`Date` is truncated to the second, and many servers and proxies cache it for a second); this
+    /// host's clock when there is no `Date`.
     static func remaining(until instant: Date, answer: AuthAnswer) -> Duration {
         if let header = answer.headers.first(name: "Date"), let date = RetryAfter.httpDate(header) {
-            return .seconds(instant.timeIntervalSince(date) - 1)
+            return .seconds(instant.timeIntervalSince(date) - 2)
         }
         return .seconds(instant.timeIntervalSince(answer.receivedAt))
     }
 
-    /// `text` with each of `secrets` replaced, at most 200 characters.
-    static func scrub(_ text: String, _ secrets: [String]) -> String {
+    /// `text` with each of `secrets` (as is, JSON-escaped or percent-encoded) replaced and control
+    /// characters turned into spaces (a message cannot forge log lines), at most `limit` characters.
+    static func scrub(_ text: String, _ secrets: [String], limit: Int = 200) -> String {
         var text = text
         for secret in secrets where !secret.isEmpty {
-            text = text.replacingOccurrences(of: secret, with: "<redacted>")
+            let escaped = String(JSONText.quoted(secret).dropFirst().dropLast())
+            let encoded = secret.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? secret
+            for form in Set([secret, escaped, encoded]) {
+                text = text.replacingOccurrences(of: form, with: "<redacted>")
+            }
         }
-        return String(text.replacingOccurrences(of: "\n", with: " ").prefix(200))
+        let clean = String(
+            String.UnicodeScalarView(text.unicodeScalars.map { $0.value < 0x20 || $0.value == 0x7F ? " " : $0 })
+        )
+        return String(clean.prefix(limit))
     }
 }

@@ -19,7 +19,8 @@ public struct NymbleAPIError: Error, CustomStringConvertible, Sendable {
         public static let unauthorized = Code(.unauthorized)
         /// 400: OrganizationId or UserId missing or malformed. Permanent for that pair.
         public static let badRequest = Code(.badRequest)
-        /// 403 (AchieveApex): authenticated but not permitted. Permanent for that pair.
+        /// 403 (AchieveApex): authenticated but not permitted. Retried later like a 5xx: it is usually about
+        /// the account (a missing role), not the pair, and must not fail a whole queue at once.
         public static let forbidden = Code(.forbidden)
         /// 429: over the limit. ``NymbleAPIError/retryAfter`` holds the parsed `Retry-After`, if any.
         public static let rateLimited = Code(.rateLimited)

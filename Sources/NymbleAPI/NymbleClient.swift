@@ -237,8 +237,8 @@ public struct NymbleClient: Sendable {
 
     /// The enrichment call for one pair (Nymble: `POST /api/auth/access`), authorised with `token`.
     ///
-    /// - Throws: ``NymbleAPIError`` — `.unauthorized` on 401 (re-login), `.badRequest` on 400 and `.forbidden`
-    ///   on 403 (permanent), `.rateLimited` on 429 (with Retry-After), `.serverError` on 5xx, `.transport`,
+    /// - Throws: ``NymbleAPIError`` — `.unauthorized` on 401 (re-login), `.badRequest` on 400 (permanent),
+    ///   `.forbidden` on 403, `.rateLimited` on 429 (with Retry-After), `.serverError` on 5xx, `.transport`,
     ///   `.undecodable`.
     public func access(
         organizationId: String,

@@ -2,6 +2,7 @@ import EnrichJobs
 import EnrichSettings
 import EnrichWorker
 import Foundation
+import NymbleAPI
 import Testing
 
 @testable import EnrichCLI
@@ -93,6 +94,47 @@ struct SettingsTests {
     func badValues(arguments: [String], environment: [String: String], message: String) {
         let error = #expect(throws: SettingError.self) { try plan(arguments, environment) }
         #expect(error?.description.hasPrefix(message) == true, "\(error?.description ?? "")")
+    }
+
+    static let b2bProfile = [
+        "--dialect", "b2b", "--username", "svc", "--api-url", "https://b2b.example.com", "--call-path", "/lookup",
+        "--call-organization-field", "org", "--call-user-field", "user", "--answer-customer-number", "cn",
+        "--answer-price-tier", "tier", "--answer-currency-code", "ccy",
+    ]
+
+    @Test("a profile: the dialect's credentials, the base URL and the call; what another dialect must name")
+    func profiles() throws {
+        let b2b = try plan(Self.b2bProfile, ["API_PASSWORD": "pw"])
+        #expect(b2b.credentials == .b2b(username: "svc", password: "pw") && b2b.client.dialect == .b2b)
+        #expect(b2b.client.call.path == "/lookup" && b2b.client.call.method == .post)
+        #expect(b2b.client.call.answer == AnswerFields(customerNumber: "cn", priceTier: "tier", currencyCode: "ccy"))
+        let apex = try plan(
+            Self.b2bProfile.map { $0 == "b2b" ? "achieveapex" : $0 } + ["--email", "e@x", "--call-method", "get"],
+            ["API_PASSWORD": "pw"]
+        )
+        #expect(apex.credentials == .achieveApex(email: "e@x", password: "pw") && apex.client.call.method == .get)
+        let missing = #expect(throws: SettingError.self) { try plan(["--dialect", "b2b", "--username", "u"]) }
+        #expect(
+            missing?.description.contains(
+                "set api-url, call-path, call-organization-field, call-user-field, answer-customer-number, "
+                    + "answer-price-tier, answer-currency-code"
+            ) == true,
+            "\(missing?.description ?? "")"
+        )
+        let noPassword = #expect(throws: SettingError.self) { try plan(Self.b2bProfile) }
+        #expect(noPassword?.description.contains("API_PASSWORD or API_PASSWORD_FILE") == true)
+        let noUser = #expect(throws: SettingError.self) {
+            try plan(Self.b2bProfile.filter { $0 != "--username" && $0 != "svc" }, ["API_PASSWORD": "pw"])
+        }
+        #expect(noUser?.description.contains("no B2B username") == true)
+        let same = #expect(throws: SettingError.self) {
+            try plan(Self.b2bProfile.map { $0 == "tier" ? "cn" : $0 }, ["API_PASSWORD": "pw"])
+        }
+        #expect(same?.description.contains("must each be different") == true, "\(same?.description ?? "")")
+        let badPath = #expect(throws: SettingError.self) { try plan(["--call-path", "/a b"]) }
+        #expect(badPath?.description.hasPrefix("--call-path: expected a path starting with /") == true)
+        // Nymble, the default, needs none of it.
+        #expect(try plan().client.call == .nymble && plan().credentials.dialect == .nymble)
     }
 
     @Test("an unknown flag suggests the closest known one; a flag without its value says what it needs")
