@@ -79,6 +79,9 @@ public struct NymbleClient: Sendable {
     /// The call's JSON body around the pair: `{"<organization>":` and `,"<user>":`.
     private let bodyOpen: [UInt8]
     private let bodyMiddle: [UInt8]
+    /// Read once here, not from ``configuration`` per call (a copy of the call retains seven strings).
+    private let callIsGet: Bool
+    private let answerFields: AnswerFields
 
     /// Runs `body` with a client whose connection pool is shut down when `body` returns.
     public static func withClient<Result>(
@@ -154,6 +157,8 @@ public struct NymbleClient: Sendable {
         )
         self.bodyOpen = Array(("{" + JSONText.quoted(call.organizationField) + ":").utf8)
         self.bodyMiddle = Array(("," + JSONText.quoted(call.userField) + ":").utf8)
+        self.callIsGet = call.method == .get
+        self.answerFields = call.answer
     }
 
     /// Nymble's `POST /api/auth/login`.
@@ -247,10 +252,10 @@ public struct NymbleClient: Sendable {
     ) async throws(NymbleAPIError)
         -> CommerceContext
     {
-        let call = configuration.call
         var body = ByteBuffer()
         var query = ""
-        if call.method == .get {
+        if callIsGet {
+            let call = configuration.call
             query =
                 "?" + Self.queryItem(call.organizationField, organizationId) + "&"
                 + Self.queryItem(call.userField, userId)
@@ -270,8 +275,8 @@ public struct NymbleClient: Sendable {
             throw transportError(error, endpoint: "access")
         }
         if answer.status == 200 {
-            if let context = CommerceContextDecoder.decode(answer.body, fields: call.answer) { return context }
-            let fields = call.answer
+            if let context = CommerceContextDecoder.decode(answer.body, fields: answerFields) { return context }
+            let fields = answerFields
             throw NymbleAPIError(
                 .undecodable,
                 api: auth.apiName,

@@ -121,6 +121,10 @@ struct SettingsTests {
             ) == true,
             "\(missing?.description ?? "")"
         )
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("enrich-pw-\(UUID().uuidString)")
+        try "from-file\n".write(to: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: file) }
+        #expect(try plan(Self.b2bProfile, ["API_PASSWORD_FILE": file.path]).credentials.secret == "from-file")
         let noPassword = #expect(throws: SettingError.self) { try plan(Self.b2bProfile) }
         #expect(noPassword?.description.contains("API_PASSWORD or API_PASSWORD_FILE") == true)
         let noUser = #expect(throws: SettingError.self) {
