@@ -230,11 +230,22 @@ final class ClaimedRows<C: Clock>: AsyncSequence, Sendable where C.Duration == D
             return
         }
         if next == .zero { return }
+        // Draining, with nothing of its own left: only other runs' rows remain. Look again each second (as
+        // often as for dead owners) rather than each poll interval, so that this run ends about when they
+        // are written instead of up to a poll interval later (nothing notifies a write-back).
+        let drainedLook = !configuration.follow && settledEverything && next != nil
         await demand.wait(
-            timeout: Swift.min(next ?? configuration.pollInterval, configuration.pollInterval),
+            timeout: Swift.min(
+                next ?? configuration.pollInterval,
+                drainedLook
+                    ? Swift.min(Self.drainedLookInterval, configuration.pollInterval) : configuration.pollInterval
+            ),
             clock: clock
         )
     }
+
+    /// How often a draining run with no rows of its own looks whether other runs' rows are settled.
+    static var drainedLookInterval: Duration { .seconds(1) }
 
     private func deliver(_ items: [LeasedItem]) {
         let now = clock.now

@@ -445,7 +445,8 @@ struct DialectTests {
                             : "ENRICH_" + key.uppercased().replacingOccurrences(of: "-", with: "_")
                     fromEnvironment[setting] = value
                 }
-                let common = ["--concurrency", "8", "--progress", "off", "--heartbeat", "1"]
+                // A long poll interval: a process whose last rows are another's must not wait for it to end.
+                let common = ["--concurrency", "8", "--progress", "off", "--heartbeat", "1", "--poll-interval", "30"]
                 let first = try EnrichProcess.start(
                     ["run", "--job", directory.appendingPathComponent("profile.json").path] + common,
                     environment: environment
@@ -465,6 +466,15 @@ struct DialectTests {
                     rows.filter { $0.state == "done" }.count == 1_188,
                     "the 12 malformed pairs fail, the rest is done"
                 )
+                let ends = try await database.query(
+                    "the runs' ends",
+                    """
+                    SELECT EXTRACT(EPOCH FROM max(finished_at) - min(finished_at))::float8, count(*)
+                    FROM \(unescaped: database.configuration.schema).job_runs
+                    """
+                )
+                let (gap, runs) = try ends.first!.decode((Double, Int64).self)
+                #expect(runs == 2 && gap < 3, "the two runs ended \(gap) s apart")
                 let stats = simulator.stats()
                 #expect(stats.logins == 1 && stats.access401 == 0, "two processes, one login: \(stats)")
                 #expect(stats.logouts == (dialect == .achieveApex ? 1 : 0), "the last worker logs out: \(stats)")
