@@ -36,6 +36,7 @@ public struct Fleet: Sendable {
         configuration: TokenStoreConfiguration,
         databaseRetryLimit: Duration,
         staleAfter: Duration,
+        loginLease: Duration,
         clock: C,
         logger: Logger,
         authenticator: Authenticator
@@ -47,6 +48,7 @@ public struct Fleet: Sendable {
             configuration: configuration,
             databaseRetryLimit: databaseRetryLimit,
             staleAfter: staleAfter,
+            loginLease: loginLease,
             clock: clock,
             logger: logger,
             authenticator: authenticator

@@ -43,8 +43,9 @@ public actor FleetTokenSource<C: Clock>: TokenSource where C.Duration == Duratio
     private let logger: Logger
     /// How often a worker looks again while another one logs in.
     private let pollInterval = Duration.milliseconds(100)
-    /// How long a login lease lasts (renewed before each login request).
-    private let lease = Duration.seconds(30)
+    /// How long a login lease lasts (renewed before each login or refresh request): longer than such a request
+    /// may take, so that no other worker logs in while one is on its way.
+    private let lease: Duration
 
     /// Tokens of this generation or older are not used again (this process saw a 401 for them).
     private var rejectedGeneration: Int64 = 0
@@ -62,11 +63,13 @@ public actor FleetTokenSource<C: Clock>: TokenSource where C.Duration == Duratio
         configuration: TokenStoreConfiguration = .init(),
         databaseRetryLimit: Duration,
         staleAfter: Duration = .seconds(60),
+        loginLease: Duration = .seconds(30),
         clock: C,
         logger: Logger,
         authenticator: Authenticator
     ) {
         self.staleAfter = staleAfter
+        self.lease = loginLease
         self.credentials = credentials
         self.seal = seal
         self.owner = owner
@@ -114,10 +117,15 @@ public actor FleetTokenSource<C: Clock>: TokenSource where C.Duration == Duratio
     public func endSession(deadline: Duration) async {
         guard let logout = authenticator.logout else { return }
         let seal = seal
-        await bestEffort(within: deadline) { [credentials, logger, staleAfter] in
+        let ended = await bestEffort(within: deadline) { [credentials, logger, staleAfter] in
             guard let sealed = try await credentials.endSession(staleAfter: staleAfter) else { return }
             logger.info("the fleet's last worker ends the API session")
             if let token = seal.open(sealed) { try await logout(AccessToken(token)) }
+        }
+        if !ended {
+            logger.warning(
+                "could not end the API session (an error, or no answer in time); the token expires on its own"
+            )
         }
     }
 
@@ -213,7 +221,12 @@ public actor FleetTokenSource<C: Clock>: TokenSource where C.Duration == Duratio
             return .refused
         }
         refreshes += 1
-        return .renewed(try await store(grant, sentAt: sentAt, refreshed: true))
+        do {
+            return .renewed(try await store(grant, sentAt: sentAt, refreshed: true))
+        } catch {
+            try? await credentials.releaseLoginLease(owner: owner)  // the others need not wait for it to lapse
+            throw error
+        }
     }
 
     /// Stores a grant for the fleet (sealed) and hands it out.

@@ -95,6 +95,8 @@ public struct JobRunner: Sendable {
                 configuration: plan.token,
                 databaseRetryLimit: plan.worker.databaseOutageLimit,
                 staleAfter: plan.worker.staleAfter,
+                // A login or refresh may take the connect and request timeouts: the lease outlasts both.
+                loginLease: max(.seconds(30), plan.client.connectTimeout + plan.client.requestTimeout + .seconds(5)),
                 clock: ContinuousClock(),
                 logger: logger,
                 authenticator: authenticator

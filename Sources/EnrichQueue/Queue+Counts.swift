@@ -72,19 +72,41 @@ extension Queue {
     /// time and the next `running` row's lease expiry (a crashed worker's rows are reclaimed then). nil when
     /// no row is pending or running: the queue is settled. Both minimums come from partial indexes.
     public func nextWorkDelay() async throws -> Duration? {
+        try await nextWork()?.delay
+    }
+
+    /// What is left in an unsettled queue, for a claimer deciding how long to wait.
+    public struct NextWork: Sendable, Equatable {
+        /// Until the next `pending` row is available or the next `running` row's lease expires.
+        public var delay: Duration
+        /// Some row is `running` (leased by a run, maybe this one).
+        public var running: Bool
+
+        public init(delay: Duration, running: Bool) {
+            self.delay = delay
+            self.running = running
+        }
+    }
+
+    /// ``nextWorkDelay()``, and whether any row is still `running`; nil when the queue is settled.
+    public func nextWork() async throws -> NextWork? {
         let rows = try await database.query(
             "look for pending rows",
             """
             SELECT (CASE WHEN next IS NULL THEN NULL
-                ELSE GREATEST(0, EXTRACT(EPOCH FROM (next - now()))) END)::float8
+                ELSE GREATEST(0, EXTRACT(EPOCH FROM (next - now()))) END)::float8, running IS NOT NULL
             FROM (SELECT least(
                 (SELECT min(available_at) FROM \(unescaped: schema).queue_items WHERE state = 'pending'),
-                (SELECT min(lease_expires_at) FROM \(unescaped: schema).queue_items WHERE state = 'running')
-            ) AS next) AS soonest
+                running
+            ) AS next, running FROM (
+                SELECT min(lease_expires_at) AS running FROM \(unescaped: schema).queue_items WHERE state = 'running'
+            ) AS leases) AS soonest
             """
         )
-        guard let seconds = try rows.first?.decode(Double?.self) else { return nil }
-        return .milliseconds(Int64((seconds * 1000).rounded(.up)))
+        guard let row = rows.first else { return nil }
+        let (seconds, running) = try row.decode((Double?, Bool).self)
+        guard let seconds else { return nil }
+        return NextWork(delay: .milliseconds(Int64((seconds * 1000).rounded(.up))), running: running)
     }
 
     /// Runs `onNotification` for every announcement of new pending rows until the task is cancelled.

@@ -95,7 +95,7 @@ extension SettingSources {
                     setting: first,
                     origin: .missing,
                     problem: "the \(client.dialect) dialect has no built-in API profile: set "
-                        + missing.joined(separator: ", ") + " (in the job file, as flags or ENRICH_* variables)"
+                        + missing.joined(separator: ", ") + " (in the job file, as flags, or their variables)"
                 )
             }
         }
@@ -109,10 +109,18 @@ extension SettingSources {
         call.answer.customerNumber = try value(Settings.answerCustomerNumber) ?? call.answer.customerNumber
         call.answer.priceTier = try value(Settings.answerPriceTier) ?? call.answer.priceTier
         call.answer.currencyCode = try value(Settings.answerCurrencyCode) ?? call.answer.currencyCode
-        let answers = [call.answer.customerNumber, call.answer.priceTier, call.answer.currencyCode]
-        if Set(answers).count < 3 || call.organizationField == call.userField {
-            let setting =
-                call.organizationField == call.userField ? Settings.callUserField : Settings.answerCurrencyCode
+        let names: [(setting: any AnySetting, name: String)] = [
+            (Settings.callOrganizationField, call.organizationField), (Settings.callUserField, call.userField),
+            (Settings.answerCustomerNumber, call.answer.customerNumber),
+            (Settings.answerPriceTier, call.answer.priceTier), (Settings.answerCurrencyCode, call.answer.currencyCode),
+        ]
+        // The second of a clashing pair: request names with request names, answer names with answer names.
+        let clash = names.indices.first { index in
+            let start = index < 2 ? 0 : 2
+            return names[start..<index].contains { $0.name == names[index].name }
+        }
+        if let clash {
+            let setting = names[clash].setting
             throw SettingError(
                 setting: setting.name,
                 origin: origin(of: setting),

@@ -178,7 +178,9 @@ public actor LoginTokenSource<C: Clock>: TokenSource where C.Duration == Duratio
         if await bestEffort(within: deadline, { try await logout(token) }) {
             logger.info("API session ended")
         } else {
-            logger.warning("could not end the API session in time; the token expires on its own")
+            logger.warning(
+                "could not end the API session (an error, or no answer in time); the token expires on its own"
+            )
         }
     }
 

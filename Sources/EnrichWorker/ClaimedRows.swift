@@ -213,7 +213,8 @@ final class ClaimedRows<C: Clock>: AsyncSequence, Sendable where C.Duration == D
             await demand.wait(timeout: configuration.pollInterval, clock: clock)
             return
         }
-        var next = try await store.nextWorkDelay()
+        let work = try await store.nextWork()
+        var next = work?.delay
         if next != nil, lastDeadRunCheck.map({ $0.duration(to: clock.now) >= .seconds(1) }) ?? true {
             lastDeadRunCheck = clock.now
             let abandoned = try await store.takeOverDeadRuns()
@@ -230,10 +231,11 @@ final class ClaimedRows<C: Clock>: AsyncSequence, Sendable where C.Duration == D
             return
         }
         if next == .zero { return }
-        // Draining, with nothing of its own left: only other runs' rows remain. Look again each second (as
-        // often as for dead owners) rather than each poll interval, so that this run ends about when they
-        // are written instead of up to a poll interval later (nothing notifies a write-back).
-        let drainedLook = !configuration.follow && settledEverything && next != nil
+        // Draining, with nothing of its own left, while other runs still hold rows: look again each second
+        // (as often as for dead owners) rather than each poll interval, so that this run ends about when
+        // they are written instead of up to a poll interval later (nothing notifies a write-back). Rows
+        // that are only waiting for their retry time are waited for as before.
+        let drainedLook = !configuration.follow && settledEverything && work?.running == true
         await demand.wait(
             timeout: Swift.min(
                 next ?? configuration.pollInterval,

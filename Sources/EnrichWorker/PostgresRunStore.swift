@@ -50,9 +50,9 @@ struct PostgresRunStore: RunStore {
         return try await guardian.run("write back results") { try await queue.writeBack(batch, owner: owner) }
     }
 
-    func nextWorkDelay() async throws -> Duration? {
+    func nextWork() async throws -> Queue.NextWork? {
         let queue = queue
-        return try await guardian.run("look for pending rows") { try await queue.nextWorkDelay() }
+        return try await guardian.run("look for pending rows") { try await queue.nextWork() }
     }
 
     func takeOverDeadRuns() async throws -> JobRuns.Abandoned {

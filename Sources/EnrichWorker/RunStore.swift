@@ -11,9 +11,9 @@ public protocol RunStore: Sendable {
     func claim(limit: Int) async throws -> Claimed
     /// Writes a batch of results back, all or nothing.
     func write(_ batch: WriteBackBatch) async throws -> WriteBackOutcome
-    /// When work may next be available: zero or more; nil when the queue is settled (nothing pending or
-    /// running).
-    func nextWorkDelay() async throws -> Duration?
+    /// When work may next be available (zero or more), and whether rows are still leased; nil when the
+    /// queue is settled (nothing pending or running).
+    func nextWork() async throws -> Queue.NextWork?
     /// Marks runs whose process is gone abandoned and hands back the rows they (or other ended runs) held.
     func takeOverDeadRuns() async throws -> JobRuns.Abandoned
     /// Pushes the lease of every row this run holds forward.

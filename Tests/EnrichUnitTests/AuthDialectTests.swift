@@ -191,6 +191,15 @@ struct AuthDialectTests {
         #expect(!error.description.contains("secret-token-123") && !error.description.contains("hunter"))
         #expect(!error.description.contains("\n") && !error.description.contains("\r"), "no forged log lines")
         #expect(error.description.contains("<redacted>"))
+        // A secret ending in a backslash, echoed JSON-escaped: the longer form goes whole, no "\" is left.
+        let escaped = b2b.error(
+            status: 400,
+            retryAfter: nil,
+            body: Array(#"{"error":"bad","message":"got pw\\\\ back"}"#.utf8),
+            endpoint: "login",
+            scrubbing: ["pw\\"]
+        )
+        #expect(escaped.body?.message == "got <redacted> back", "\(escaped)")
         let credentials: [APICredentials] = [
             .b2b(username: "svc", password: "hunter2"), .achieveApex(email: "e@x", password: "hunter2"),
             .nymble(.init(orgCode: "o", clientId: "c", clientSecret: "hunter2")),

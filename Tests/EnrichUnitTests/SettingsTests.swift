@@ -135,6 +135,7 @@ struct SettingsTests {
             try plan(Self.b2bProfile.map { $0 == "tier" ? "cn" : $0 }, ["API_PASSWORD": "pw"])
         }
         #expect(same?.description.contains("must each be different") == true, "\(same?.description ?? "")")
+        #expect(same?.setting == "answer-price-tier", "the second of the clashing pair is named")
         let badPath = #expect(throws: SettingError.self) { try plan(["--call-path", "/a b"]) }
         #expect(badPath?.description.hasPrefix("--call-path: expected a path starting with /") == true)
         // Nymble, the default, needs none of it.

@@ -124,10 +124,11 @@ final class MemoryRunStore: RunStore {
         }
     }
 
-    func nextWorkDelay() async throws -> Duration? {
+    func nextWork() async throws -> Queue.NextWork? {
         state.withLock { state in
-            if state.rows.contains(where: { $0.state == .pending }) { return .zero }
-            return state.rows.contains(where: { $0.state == .running }) ? .seconds(1) : nil
+            let running = state.rows.contains(where: { $0.state == .running })
+            if state.rows.contains(where: { $0.state == .pending }) { return .init(delay: .zero, running: running) }
+            return running ? .init(delay: .seconds(1), running: true) : nil
         }
     }
 
