@@ -347,7 +347,9 @@ struct FleetTests {
             _ = try await second.acquire()
             let waited = before.duration(to: .now)
             #expect(waited >= .milliseconds(1200), "the other worker paused too (waited \(waited))")
-            #expect(waited < .seconds(8), "held for the pause, not stuck (5.2 s seen on a loaded CI run)")
+            // Alone about 2 s. On a loaded CI run each look at the fleet's pause may take up to its 1 s statement
+            // limit and be retried after a backoff: 5.2 s and 9.5 s were seen. Stuck is never.
+            #expect(waited < .seconds(20), "held for the pause, not stuck (waited \(waited))")
         }
     }
 
