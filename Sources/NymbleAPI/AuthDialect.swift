@@ -350,14 +350,26 @@ enum TokenText {
         var text = text
         for secret in secrets where !secret.isEmpty {
             let escaped = String(JSONText.quoted(secret).dropFirst().dropLast())
-            let encoded = secret.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? secret
-            for form in Set([secret, escaped, encoded]) {
+            let encoded = secret.addingPercentEncoding(withAllowedCharacters: unreserved) ?? secret
+            // The longest form first: one may contain another (a secret ending in a backslash).
+            let forms = Set([secret, escaped, encoded, encoded.lowercased()]).sorted { $0.count > $1.count }
+            for form in forms {
                 text = text.replacingOccurrences(of: form, with: "<redacted>")
             }
         }
         let clean = String(
-            String.UnicodeScalarView(text.unicodeScalars.map { $0.value < 0x20 || $0.value == 0x7F ? " " : $0 })
+            String.UnicodeScalarView(
+                text.unicodeScalars.map { scalar in
+                    scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) || scalar == "\u{2028}"
+                        || scalar == "\u{2029}" ? " " : scalar
+                }
+            )
         )
         return String(clean.prefix(limit))
     }
+
+    /// RFC 3986's unreserved characters: what percent-encoding leaves as it is.
+    static let unreserved = CharacterSet(
+        charactersIn: "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
+    )
 }

@@ -114,7 +114,7 @@ struct TargetTests {
                 ["run", "--progress", "off", "--target-sql", Self.targetSQL(database)],
                 environment: environment
             )
-            #expect(try await fixed.wait() == 0, "\(fixed.standardError.suffix(600))")
+            #expect(try await fixed.wait() == 0, "\(fixed.standardError.prefix(6_000))")
         }
         let (done, enriched, disagreeing) = try await Self.agreement(database)
         #expect(done == 400 && enriched == 400 && disagreeing == 0, "\(done) done, \(enriched) in the app")
