@@ -251,12 +251,7 @@ public actor FleetTokenSource<C: Clock>: TokenSource where C.Duration == Duratio
             refreshed ? "token refreshed" : "logged in",
             metadata: ["expires_in": "\(grant.expiresIn)", "generation": "\(stored)", "shared": "fleet"]
         )
-        let expiresIn = grant.expiresIn - sentAt.duration(to: clock.now)
-        return FetchedToken(
-            issued: IssuedToken(token: grant.token, generation: Int(stored)),
-            expiresIn: expiresIn,
-            renewIn: expiresIn - margin
-        )
+        return FetchedToken(grant, generation: Int(stored), elapsed: sentAt.duration(to: clock.now), margin: margin)
     }
 
     /// Uses the shared token when it is valid, not rejected here, and either not due for renewal or being

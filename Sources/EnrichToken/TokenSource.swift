@@ -91,6 +91,17 @@ public struct FetchedToken: Sendable {
         self.expiresIn = expiresIn
         self.renewIn = renewIn
     }
+
+    /// `grant` as the login (or refresh) of `generation` handed it over, answered `elapsed` after it was sent
+    /// and renewed `margin` before it expires.
+    public init(_ grant: LoginGrant, generation: Int, elapsed: Duration, margin: Duration) {
+        let expiresIn = grant.expiresIn - elapsed
+        self.init(
+            issued: IssuedToken(token: grant.token, generation: generation),
+            expiresIn: expiresIn,
+            renewIn: expiresIn - margin
+        )
+    }
 }
 
 /// What to do after a failed login: the same policy for a process on its own and for a fleet's login
@@ -245,11 +256,11 @@ public actor LoginTokenSource<C: Clock>: TokenSource where C.Duration == Duratio
             refreshToken = (token, sentAt.advanced(by: life))
         }
         lastToken = grant.token
-        let expiresIn = grant.expiresIn - elapsed
         return FetchedToken(
-            issued: IssuedToken(token: grant.token, generation: generation),
-            expiresIn: expiresIn,
-            renewIn: expiresIn - configuration.margin(forLifetime: grant.expiresIn)
+            grant,
+            generation: generation,
+            elapsed: elapsed,
+            margin: configuration.margin(forLifetime: grant.expiresIn)
         )
     }
 }
