@@ -60,6 +60,8 @@ public protocol AuthDialect: Sendable {
     func grant(_ answer: AuthAnswer, endpoint: String) throws(NymbleAPIError) -> LoginGrant
     /// The documented error body of a failed answer, if it has one (secrets of `scrubbing` removed).
     func errorBody(_ body: [UInt8], scrubbing: [String]) -> APIErrorBody?
+    /// The typed error of a failed answer on `endpoint` (a default reads the status and ``errorBody(_:scrubbing:)``).
+    func error(status: Int, retryAfter: String?, body: [UInt8], endpoint: String, scrubbing: [String]) -> NymbleAPIError
 }
 
 extension AuthDialect {
@@ -149,6 +151,77 @@ public struct NymbleDialect: AuthDialect {
     public func refreshRequest(_ refreshToken: AccessToken) -> AuthRequest? { nil }
     public func logoutRequest(_ token: AccessToken) -> AuthRequest? { nil }
     public func errorBody(_ body: [UInt8], scrubbing: [String]) -> APIErrorBody? { nil }
+
+    /// No body is assumed on an error: a login's is not read, and of the enrichment call's a short excerpt
+    /// is kept (token removed). A 401 on a login is read in `NymbleClient.login`, which knows the OrgCode.
+    public func error(
+        status: Int,
+        retryAfter: String?,
+        body: [UInt8],
+        endpoint: String,
+        scrubbing secrets: [String]
+    ) -> NymbleAPIError {
+        guard endpoint == "access" else {
+            return Self.error(endpoint: endpoint, status: status, retryAfter: retryAfter, excerpt: nil)
+        }
+        if status == 401 {
+            return NymbleAPIError(
+                .unauthorized,
+                endpoint: endpoint,
+                status: status,
+                detail: "bearer token missing, expired or invalid"
+            )
+        }
+        let excerpt = Self.excerpt(body, scrubbing: secrets)
+        return Self.error(endpoint: endpoint, status: status, retryAfter: retryAfter, excerpt: excerpt)
+    }
+
+    static func error(
+        endpoint: String,
+        status: Int,
+        retryAfter header: String?,
+        excerpt: String?
+    )
+        -> NymbleAPIError
+    {
+        let suffix = excerpt.map { $0.isEmpty ? "" : ": \($0)" } ?? ""
+        switch status {
+        case 400:
+            return NymbleAPIError(
+                .badRequest,
+                endpoint: endpoint,
+                status: status,
+                detail: "OrganizationId or UserId missing or malformed" + suffix
+            )
+        case 429:
+            let retryAfter = RetryAfter.parse(header)
+            return NymbleAPIError(
+                .rateLimited,
+                endpoint: endpoint,
+                status: status,
+                retryAfter: retryAfter,
+                detail: retryAfter.map { "rate limited; Retry-After \($0)" } ?? "rate limited; no usable Retry-After"
+            )
+        case 500...599:
+            return NymbleAPIError(.serverError, endpoint: endpoint, status: status, detail: "server error" + suffix)
+        default:
+            return NymbleAPIError(
+                .unexpectedStatus,
+                endpoint: endpoint,
+                status: status,
+                detail: "unexpected status" + suffix
+            )
+        }
+    }
+
+    /// At most 200 characters of an error body, as text, with the token (if echoed) removed.
+    private static func excerpt(_ bytes: some Collection<UInt8>, scrubbing secrets: [String]) -> String {
+        var text = String(decoding: bytes.prefix(400), as: UTF8.self)
+        for secret in secrets where !secret.isEmpty {
+            text = text.replacingOccurrences(of: secret, with: "<redacted>")
+        }
+        return String(text.replacingOccurrences(of: "\n", with: " ").prefix(200))
+    }
 
     public func grant(_ answer: AuthAnswer, endpoint: String) throws(NymbleAPIError) -> LoginGrant {
         struct Answer: Decodable {

@@ -223,15 +223,7 @@ public struct NymbleClient: Sendable {
     }
 
     private func failure(_ answer: AuthAnswer, endpoint: String, scrubbing secrets: [String]) -> NymbleAPIError {
-        if auth.dialect == .nymble {
-            return Self.error(
-                endpoint: endpoint,
-                status: answer.status,
-                retryAfter: answer.headers.first(name: "Retry-After"),
-                excerpt: nil
-            )
-        }
-        return auth.error(
+        auth.error(
             status: answer.status,
             retryAfter: answer.headers.first(name: "Retry-After"),
             body: answer.body,
@@ -285,25 +277,13 @@ public struct NymbleClient: Sendable {
                 detail: "the answer is not {\(fields.customerNumber), \(fields.priceTier), \(fields.currencyCode)}"
             )
         }
-        if auth.dialect != .nymble {
-            throw auth.error(
-                status: answer.status,
-                retryAfter: answer.retryAfter,
-                body: Array(answer.body.readableBytesView.prefix(4_096)),
-                endpoint: "access",
-                scrubbing: [token.bearerValue]
-            )
-        }
-        if answer.status == 401 {
-            throw NymbleAPIError(
-                .unauthorized,
-                endpoint: "access",
-                status: answer.status,
-                detail: "bearer token missing, expired or invalid"
-            )
-        }
-        let excerpt = Self.excerpt(answer.body.readableBytesView, scrubbing: token.bearerValue)
-        throw Self.error(endpoint: "access", status: answer.status, retryAfter: answer.retryAfter, excerpt: excerpt)
+        throw auth.error(
+            status: answer.status,
+            retryAfter: answer.retryAfter,
+            body: Array(answer.body.readableBytesView.prefix(4_096)),
+            endpoint: "access",
+            scrubbing: [token.bearerValue]
+        )
     }
 
     /// `name=value`, both percent-encoded for a query string.
@@ -367,52 +347,6 @@ public struct NymbleClient: Sendable {
                 detail: Self.describeTransport(error)
             )
         }
-    }
-
-    private static func error(
-        endpoint: String,
-        status: Int,
-        retryAfter header: String?,
-        excerpt: String?
-    )
-        -> NymbleAPIError
-    {
-        let suffix = excerpt.map { $0.isEmpty ? "" : ": \($0)" } ?? ""
-        switch status {
-        case 400:
-            return NymbleAPIError(
-                .badRequest,
-                endpoint: endpoint,
-                status: status,
-                detail: "OrganizationId or UserId missing or malformed" + suffix
-            )
-        case 429:
-            let retryAfter = RetryAfter.parse(header)
-            return NymbleAPIError(
-                .rateLimited,
-                endpoint: endpoint,
-                status: status,
-                retryAfter: retryAfter,
-                detail: retryAfter.map { "rate limited; Retry-After \($0)" } ?? "rate limited; no usable Retry-After"
-            )
-        case 500...599:
-            return NymbleAPIError(.serverError, endpoint: endpoint, status: status, detail: "server error" + suffix)
-        default:
-            return NymbleAPIError(
-                .unexpectedStatus,
-                endpoint: endpoint,
-                status: status,
-                detail: "unexpected status" + suffix
-            )
-        }
-    }
-
-    /// At most 200 characters of an error body, as text, with the token (if echoed) removed.
-    private static func excerpt(_ bytes: some Collection<UInt8>, scrubbing token: String) -> String {
-        let text = String(decoding: bytes.prefix(400), as: UTF8.self)
-            .replacingOccurrences(of: token, with: "<redacted>")
-            .replacingOccurrences(of: "\n", with: " ")
-        return String(text.prefix(200))
     }
 
     /// One request of the login conversation through AsyncHTTPClient, the answer collected up to the cap.
