@@ -74,9 +74,16 @@ extension Queue {
         var failed = 0
         items.reserveCapacity(rows.count)
         for row in rows {
-            let (id, organization, user, attempts, claim, maxAttempts, exhausted) = try row.decode(
-                (Int64, String, String, Int32, Int32, Int32, Bool).self
-            )
+            // Cell by cell with concrete types (specialised here) rather than `row.decode` of a tuple, which
+            // resolved generic metadata for each column of each row at run time: 3% of the runner's CPU per pair.
+            var cells = RowCells(row, of: "claim")
+            let id = try cells.next(Int64.self)
+            let organization = try cells.next(String.self)
+            let user = try cells.next(String.self)
+            let attempts = try cells.next(Int32.self)
+            let claim = try cells.next(Int32.self)
+            let maxAttempts = try cells.next(Int32.self)
+            let exhausted = try cells.next(Bool.self)
             if exhausted {
                 failed += 1
                 continue

@@ -84,27 +84,36 @@ extension Queue {
                 WHERE item.id = r.id AND item.claims = r.claim
                     AND coalesce(item.lease_owner, '') = \(owner)
                 RETURNING item.id
+            ), written AS (
+                SELECT 0 AS kind, id, false AS for_good FROM done
+                UNION ALL SELECT 1, id, for_good FROM failed
+                UNION ALL SELECT 2, id, false FROM released
             )
-            SELECT 0, id, false FROM done
-            UNION ALL SELECT 1, id, for_good FROM failed
-            UNION ALL SELECT 2, id, false FROM released
+            SELECT count(*) FILTER (WHERE kind = 0), count(*) FILTER (WHERE kind = 1 AND for_good),
+                count(*) FILTER (WHERE kind = 1 AND NOT for_good), count(*) FILTER (WHERE kind = 2),
+                CASE WHEN count(*) < \(Int64(batch.completions.count + batch.failures.count + batch.releases.count)) THEN coalesce(array_agg(id), '{}') END
+            FROM written
             """
         return query
     }
 
+    /// The statement answers one row: the counts of each kind, and the ids written only when some of the
+    /// batch were not (one row rather than one per result, which the server sent and the runner parsed and
+    /// decoded for every pair).
     private static func outcome(of batch: WriteBackBatch, rows: [PostgresRow]) throws -> WriteBackOutcome {
-        var outcome = WriteBackOutcome()
-        var written = Set<Int64>()
-        for row in rows {
-            let (kind, id, forGood) = try row.decode((Int32, Int64, Bool).self)
-            written.insert(id)
-            switch kind {
-            case 0: outcome.done += 1
-            case 1: if forGood { outcome.failedForGood += 1 } else { outcome.retried += 1 }
-            default: outcome.released += 1
-            }
+        guard let row = rows.first else {
+            throw DatabaseError(.queryFailed, "write back results: the answer has no row")
         }
-        outcome.staleIDs = batch.ids.filter { !written.contains($0) }
+        var cells = RowCells(row, of: "write back results")
+        var outcome = WriteBackOutcome()
+        outcome.done = Int(try cells.next(Int64.self))
+        outcome.failedForGood = Int(try cells.next(Int64.self))
+        outcome.retried = Int(try cells.next(Int64.self))
+        outcome.released = Int(try cells.next(Int64.self))
+        if let written = try cells.next([Int64]?.self) {
+            let written = Set(written)
+            outcome.staleIDs = batch.ids.filter { !written.contains($0) }
+        }
         return outcome
     }
 

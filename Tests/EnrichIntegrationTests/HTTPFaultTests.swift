@@ -18,6 +18,8 @@ private final class FaultServer: Sendable {
         case bytesThenClose(String)
         /// Nothing at all.
         case silence
+        /// These bytes to a connection's first request, nothing to the others.
+        case firstOnly(String)
     }
 
     let port: Int
@@ -76,6 +78,7 @@ private final class ReplyHandler: ChannelInboundHandler {
     private let reply: FaultServer.Reply
     private let counts: Counts
     private var received = ""
+    private var answered = 0
 
     init(reply: FaultServer.Reply, counts: Counts) {
         self.reply = reply
@@ -104,7 +107,10 @@ private final class ReplyHandler: ChannelInboundHandler {
                 }
             case .silence:
                 break
+            case .firstOnly(let text):
+                if answered == 0 { context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: text)), promise: nil) }
             }
+            answered += 1
         }
     }
 }
@@ -272,6 +278,28 @@ struct HTTPFaultTests {
             let elapsed = started.duration(to: .now)
             #expect(error?.code == .transport && error?.description.contains("request timeout") == true)
             #expect(elapsed < .seconds(3), "\(elapsed)")
+        }
+    }
+
+    @Test("the request timeout counts from each call's own start on a kept-alive connection")
+    func timeoutPerCall() async throws {
+        // The connection's timer is armed for the first call's deadline and fires while the second one waits:
+        // it must wait on to the second call's own deadline, not end it early.
+        try await FaultServer.withRunning(.firstOnly(answer("200 OK", body: goodBody))) { server, url in
+            try await NymbleClient.withClient(
+                configuration: .init(baseURL: url, requestTimeout: .seconds(1)),
+                logger: quietLogger
+            ) { client in
+                _ = try await client.access(organizationId: "o", userId: "u1", token: AccessToken("t"))
+                try await Task.sleep(for: .milliseconds(600))
+                let started = ContinuousClock.now
+                await #expect(throws: NymbleAPIError.self) {
+                    _ = try await client.access(organizationId: "o", userId: "u2", token: AccessToken("t"))
+                }
+                let waited = started.duration(to: .now)
+                #expect(waited >= .milliseconds(950) && waited < .seconds(3), "\(waited)")
+            }
+            #expect(server.requests == 2 && server.connections == 1, "\(server.requests) on \(server.connections)")
         }
     }
 
