@@ -468,6 +468,9 @@ private final class HTTP1ExchangeHandler: ChannelDuplexHandler {
     /// (NIO keeps them in a heap; that was 4% of the runner's CPU per pair), the timer stays armed and, when it
     /// fires early (its exchange ended, another began), is armed again for the current deadline.
     private var timer: (task: Scheduled<Void>, deadline: NIODeadline)?
+    /// Counts the timers armed: a timer already due when it was cancelled may still run (NIO runs due timers
+    /// in batches), and then it must do nothing.
+    private var timerGeneration: UInt64 = 0
 
     init(maximumResponseBytes: Int) { self.maximumResponseBytes = maximumResponseBytes }
 
@@ -539,20 +542,25 @@ private final class HTTP1ExchangeHandler: ChannelDuplexHandler {
         fail(HTTP1Failure.closed, context: context, close: false)
         timer?.task.cancel()
         timer = nil
+        timerGeneration &+= 1
     }
 
     /// Schedules the timer for the current deadline; when it fires, the exchange in progress times out if its
     /// deadline has passed, else the timer is armed again (an exchange in progress) or left unarmed (none).
     private func armTimer(context: ChannelHandlerContext) {
         let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
-        let task = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [weak self] in
-            guard let self else { return }
-            timer = nil
-            guard pending != nil else { return }
-            if deadline <= .now() {
-                fail(HTTP1Failure.timedOut, context: bound.value)
+        timerGeneration &+= 1
+        let generation = timerGeneration
+        // The context holds the handler, so this closure does too until it runs or is cancelled: at the
+        // latest at the exchange's deadline, or when the handler is removed (the connection closed).
+        let task = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
+            guard generation == self.timerGeneration else { return }
+            self.timer = nil
+            guard self.pending != nil else { return }
+            if self.deadline <= .now() {
+                self.fail(HTTP1Failure.timedOut, context: bound.value)
             } else {
-                armTimer(context: bound.value)
+                self.armTimer(context: bound.value)
             }
         }
         timer = (task, deadline)

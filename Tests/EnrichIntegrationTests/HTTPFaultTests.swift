@@ -281,17 +281,21 @@ struct HTTPFaultTests {
         }
     }
 
-    @Test("the request timeout counts from each call's own start on a kept-alive connection")
-    func timeoutPerCall() async throws {
-        // The connection's timer is armed for the first call's deadline and fires while the second one waits:
-        // it must wait on to the second call's own deadline, not end it early.
+    @Test(
+        "the request timeout counts from each call's own start on a kept-alive connection",
+        arguments: [600, 1_200]
+    )
+    func timeoutPerCall(pauseMilliseconds: Int) async throws {
+        // After 600 ms, the connection's timer (armed for the first call's deadline) fires while the second
+        // call waits: it must wait on to the second call's own deadline, not end it early. After 1.2 s, it
+        // fired while the connection was idle: the second call must get a timer of its own.
         try await FaultServer.withRunning(.firstOnly(answer("200 OK", body: goodBody))) { server, url in
             try await NymbleClient.withClient(
                 configuration: .init(baseURL: url, requestTimeout: .seconds(1)),
                 logger: quietLogger
             ) { client in
                 _ = try await client.access(organizationId: "o", userId: "u1", token: AccessToken("t"))
-                try await Task.sleep(for: .milliseconds(600))
+                try await Task.sleep(for: .milliseconds(pauseMilliseconds))
                 let started = ContinuousClock.now
                 await #expect(throws: NymbleAPIError.self) {
                     _ = try await client.access(organizationId: "o", userId: "u2", token: AccessToken("t"))
