@@ -10,12 +10,12 @@ import Synchronization
 /// the rate through ``AdaptiveRateController``; accepted calls let it climb back.
 ///
 /// In a fleet (a ``SharedSendBudget``), a known rate is the fleet's: send slots come from blocks reserved
-/// for the whole fleet (about a tenth of a second of the rate each), and a 429 pauses the fleet. Without a
-/// known rate, one worker of the fleet leads (``leadFleet()``): its controller is fed the calls the whole
-/// fleet reports accepted and its congestion events, and the rate it sets is the fleet's, shared through
-/// the budget; until there is one the throttle sends unlimited and learns the fleet's pauses every quarter
-/// second. When the budget cannot be reached, a worker keeps to its share of the rate (the rate over the
-/// live workers last seen).
+/// for the whole fleet (a tenth of a second of the rate each, longer on a slow database), and a 429 pauses
+/// the fleet. Without a known rate, one worker of the fleet leads (``leadFleet()``): its controller is fed
+/// the calls the whole fleet reports accepted and its congestion events, and the rate it sets is the
+/// fleet's, shared through the budget; until there is one the throttle sends unlimited and learns the
+/// fleet's pauses every quarter second. When the budget cannot be reached, a worker keeps to its share of
+/// the rate (the rate over the live workers last seen).
 ///
 /// The hot path does not enter the actor: while calls may go out unlimited (no rate yet, no pause, no
 /// look at the fleet due), the actor opens a gate (``Gate``) for up to 50 ms, and ``acquire()`` only reads
@@ -56,6 +56,8 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
     private var consultingBudget = false
     /// The time the last reserved block covers.
     private var blockSpan = Duration.zero
+    /// The budget's round trip, smoothed: a block covers at least two of them (see ``blockTime``).
+    private var reserveRoundTrip = Duration.zero
     private var budgetWaiters: [CheckedContinuation<Void, Never>] = []
     /// Live workers when the budget last answered: the share to keep to without it.
     private var fleetSize = 1
@@ -276,6 +278,14 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
         }
     }
 
+    /// The time a reserved block covers: a tenth of a second, or two of the budget's round trips when the
+    /// database is slower than that (at most a second). A worker sends at most one block per round trip, so
+    /// with tenth-of-a-second blocks a database answering in a second held each worker to a tenth of the rate
+    /// (a loaded test suite: 18 sends in 5 s where 300 were allowed); the rate itself is the budget's to keep.
+    private var blockTime: Duration {
+        min(max(.milliseconds(100), reserveRoundTrip * 2), .seconds(1))
+    }
+
     /// Reserves the next block of slots; without the budget, takes a block at this worker's share of the rate.
     private func reserve(from budget: any SharedSendBudget) async {
         consultingBudget = true
@@ -283,7 +293,7 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
         let rate =
             (isFleetAdaptive ? sharedRate : controller.currentRate(now: clock.now))
             ?? configuration.controller.maximumRate ?? 1
-        let count = max(1, min(Int((rate / 10).rounded(.up)), 256))
+        let count = max(1, min(Int((rate * blockTime.inSeconds).rounded(.up)), 256))
         let interval = Duration.seconds(1 / rate)
         // Without the budget, blocks at this worker's share follow on from the last one.
         let localStart = max(clock.now, block?.next ?? clock.now)
@@ -293,8 +303,10 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
         }
         let accepted = takeUnreported()
         do {
+            let asked = clock.now
             let reservation = try await budget.reserve(count: count, rate: rate, accepted: accepted)
             let now = clock.now
+            reserveRoundTrip = (reserveRoundTrip + asked.duration(to: now)) / 2
             block = (now.advanced(by: reservation.startsIn), interval, count)
             blockSpan = interval * count
             fleetSize = max(1, reservation.liveWorkers)

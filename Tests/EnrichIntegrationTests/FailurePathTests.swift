@@ -74,11 +74,11 @@ struct FailurePathTests {
                     environment: Self.environment(url: cluster.url, schema: "enrich", baseURL: baseURL)
                 )
                 try await Self.waitForDone(500, database, child: child)
-                try cluster.restart()
+                try await cluster.restart()
                 try await Self.waitForDone(1_000, database, child: child)
-                try cluster.stop()
+                try await cluster.stop()
                 try await Task.sleep(for: .seconds(3))
-                try cluster.start()
+                try await cluster.start()
                 let status = try await child.wait(timeout: .seconds(90))
                 #expect(status == 0, "\(child.standardError.suffix(3_000))")
             }
@@ -103,7 +103,7 @@ struct FailurePathTests {
                     environment: environment
                 )
                 try await Self.waitForDone(300, database, child: child)
-                try cluster.stop()
+                try await cluster.stop()
                 let stopped = ContinuousClock.now
                 let status = try await child.wait(timeout: .seconds(60))
                 let took = stopped.duration(to: .now)
@@ -118,7 +118,7 @@ struct FailurePathTests {
                 #expect(message.contains("connection refused"), "\(message.suffix(1_000))")
                 #expect(message.contains("unreachable for"))
 
-                try cluster.start()
+                try await cluster.start()
                 let next = try EnrichProcess.start(
                     ["run", "--stale-after", "1", "--db-outage-limit", "1", "--heartbeat", "0.4", "--progress", "off"],
                     environment: environment

@@ -290,10 +290,10 @@ struct FleetTests {
             let total = counts.reduce(0, +)
             // At most the rate over the window plus the one-slot tolerance of the first reservation.
             #expect(total <= Int(60 * seconds) + 2, "sent \(total) in \(seconds) s at a fleet rate of 60/s")
-            // Alone: 300–301 (three runs). Under the full suite each block's reservation may take most of its
-            // 1 s statement limit, and a worker then keeps to its share: 69 and 18 were seen on loaded runs. The
-            // bound only says the budget is used, not lost.
-            #expect(total >= 10, "the budget is used, not lost: \(total)")
+            // Alone: 295–301. Under the full suite a reservation may take most of its 1 s statement limit; with
+            // blocks of a tenth of a second a worker then sent a tenth of its share (69, 18, 60 and 96 on loaded
+            // runs). Blocks now cover two round trips: 186 on a loaded run.
+            #expect(total >= 75, "the budget is used, not lost: \(total)")
             #expect(counts.allSatisfy { $0 > 0 }, "every worker gets a share: \(counts)")
         }
     }
@@ -348,8 +348,9 @@ struct FleetTests {
             _ = try await second.acquire()
             let waited = before.duration(to: .now)
             #expect(waited >= .milliseconds(1200), "the other worker paused too (waited \(waited))")
-            // Alone about 2 s. On a loaded CI run each look at the fleet's pause may take up to its 1 s statement
-            // limit and be retried after a backoff: 5.2 s and 9.5 s were seen. Stuck is never.
+            // Alone about 2 s. Full-suite runs saw 5.2, 9.5 and 5.7 s while other tests' private PostgreSQL
+            // clusters were created and restarted by commands waited for on the cooperative threads; with those
+            // waited for on NIO's thread pool, 1.9 and 1.7 s. Stuck is never.
             #expect(waited < .seconds(20), "held for the pause, not stuck (waited \(waited))")
         }
     }

@@ -41,7 +41,7 @@ struct StatementEndTests {
                     }
                     for _ in 0..<3 {
                         try await Task.sleep(for: .milliseconds(700))
-                        try cluster.restart()
+                        try await cluster.restart()
                     }
                     try await Task.sleep(for: .milliseconds(700))
                     stop.end()

@@ -29,10 +29,13 @@ struct SharedBudgetThrottleTests {
         private let clock: ManualClock
         private let state = Mutex(State())
         let liveWorkers: Int
+        /// How long a reservation takes to come back (a slow database).
+        let latency: Duration
 
-        init(clock: ManualClock, liveWorkers: Int = 1) {
+        init(clock: ManualClock, liveWorkers: Int = 1, latency: Duration = .zero) {
             self.clock = clock
             self.liveWorkers = liveWorkers
+            self.latency = latency
         }
 
         var reservations: Int { state.withLock { $0.reservations } }
@@ -46,6 +49,7 @@ struct SharedBudgetThrottleTests {
         var accepted: Int64 { state.withLock { $0.accepted } }
 
         func reserve(count: Int, rate: Double, accepted: Int64) async throws -> SharedReservation {
+            if latency > .zero { try await clock.sleep(for: latency) }
             let now = clock.now
             return try state.withLock { state in
                 if state.failing { throw CancellationError() }
@@ -198,6 +202,24 @@ struct SharedBudgetThrottleTests {
         #expect(budget.reservations == 40, "one slot per block at 10/s (a tenth of a second)")
         for (earlier, later) in zip(sent, sent.dropFirst(2)) {
             #expect(earlier.duration(to: later) >= .milliseconds(190), "never two sends closer than the rate allows")
+        }
+    }
+
+    @Test(
+        "a slow budget (reservations taking half a second): three workers still send the fleet's 60/s, never more",
+        arguments: [1, 3]
+    )
+    func slowBudget(workers: Int) async {
+        let clock = ManualClock()
+        let budget = MemoryBudget(clock: clock, liveWorkers: workers, latency: .milliseconds(500))
+        let throttles = (0..<workers).map { _ in Self.throttle(clock, budget, rate: 60) }
+        let sent = await Self.acquire(360 / workers, from: throttles, clock: clock)
+        let span = sent.first!.duration(to: sent.last!)
+        // Blocks of a tenth of a second, one per round trip, gave each worker 12 sends a second: 360 sends took
+        // 10 s with three workers and 30 s with one.
+        #expect(span <= .milliseconds(7_500), "360 sends at a fleet rate of 60/s took \(span)")
+        for (earlier, later) in zip(sent, sent.dropFirst(61)) {
+            #expect(earlier.duration(to: later) >= .milliseconds(990), "never more than the rate in a second")
         }
     }
 
