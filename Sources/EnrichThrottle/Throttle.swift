@@ -56,8 +56,8 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
     private var consultingBudget = false
     /// The time the last reserved block covers.
     private var blockSpan = Duration.zero
-    /// The budget's round trip, smoothed: a block covers at least two of them (see ``blockTime``).
-    private var reserveRoundTrip = Duration.zero
+    /// The budget's last few round trips: a block covers at least two of the shortest (see ``blockTime``).
+    private var reserveRoundTrips: [Duration] = []
     private var budgetWaiters: [CheckedContinuation<Void, Never>] = []
     /// Live workers when the budget last answered: the share to keep to without it.
     private var fleetSize = 1
@@ -282,8 +282,9 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
     /// database is slower than that (at most a second). A worker sends at most one block per round trip, so
     /// with tenth-of-a-second blocks a database answering in a second held each worker to a tenth of the rate
     /// (a loaded test suite: 18 sends in 5 s where 300 were allowed); the rate itself is the budget's to keep.
+    /// The shortest of the last four round trips: one slow answer does not make the blocks long.
     private var blockTime: Duration {
-        min(max(.milliseconds(100), reserveRoundTrip * 2), .seconds(1))
+        min(max(.milliseconds(100), (reserveRoundTrips.min() ?? .zero) * 2), .seconds(1))
     }
 
     /// Reserves the next block of slots; without the budget, takes a block at this worker's share of the rate.
@@ -306,7 +307,8 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
             let asked = clock.now
             let reservation = try await budget.reserve(count: count, rate: rate, accepted: accepted)
             let now = clock.now
-            reserveRoundTrip = (reserveRoundTrip + asked.duration(to: now)) / 2
+            reserveRoundTrips.append(asked.duration(to: now))
+            if reserveRoundTrips.count > 4 { reserveRoundTrips.removeFirst() }
             block = (now.advanced(by: reservation.startsIn), interval, count)
             blockSpan = interval * count
             fleetSize = max(1, reservation.liveWorkers)

@@ -292,7 +292,7 @@ struct FleetTests {
             #expect(total <= Int(60 * seconds) + 2, "sent \(total) in \(seconds) s at a fleet rate of 60/s")
             // Alone: 295–301. Under the full suite a reservation may take most of its 1 s statement limit; with
             // blocks of a tenth of a second a worker then sent a tenth of its share (69, 18, 60 and 96 on loaded
-            // runs). Blocks now cover two round trips: 186 on a loaded run.
+            // runs). Blocks now cover two round trips: 186 and 223 on loaded runs.
             #expect(total >= 75, "the budget is used, not lost: \(total)")
             #expect(counts.allSatisfy { $0 > 0 }, "every worker gets a share: \(counts)")
         }
