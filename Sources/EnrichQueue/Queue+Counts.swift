@@ -68,13 +68,6 @@ extension Queue {
     /// The LISTEN/NOTIFY channel on which new pending rows are announced.
     public var notificationChannel: String { "enrich_" + database.configuration.schema }
 
-    /// When the queue may next have work for a claimer: the earliest of the next `pending` row's available
-    /// time and the next `running` row's lease expiry (a crashed worker's rows are reclaimed then). nil when
-    /// no row is pending or running: the queue is settled. Both minimums come from partial indexes.
-    public func nextWorkDelay() async throws -> Duration? {
-        try await nextWork()?.delay
-    }
-
     /// What is left in an unsettled queue, for a claimer deciding how long to wait.
     public struct NextWork: Sendable, Equatable {
         /// Until the next `pending` row is available or the next `running` row's lease expires.
@@ -88,7 +81,10 @@ extension Queue {
         }
     }
 
-    /// ``nextWorkDelay()``, and whether any row is still `running`; nil when the queue is settled.
+    /// When the queue may next have work for a claimer: the earliest of the next `pending` row's available
+    /// time and the next `running` row's lease expiry (a crashed worker's rows are reclaimed then), and
+    /// whether any row is still `running`. nil when no row is pending or running: the queue is settled. Both
+    /// minimums come from partial indexes.
     public func nextWork() async throws -> NextWork? {
         let rows = try await database.query(
             "look for pending rows",

@@ -91,7 +91,7 @@ extension Queue {
             )
             SELECT count(*) FILTER (WHERE kind = 0), count(*) FILTER (WHERE kind = 1 AND for_good),
                 count(*) FILTER (WHERE kind = 1 AND NOT for_good), count(*) FILTER (WHERE kind = 2),
-                CASE WHEN count(*) < \(Int64(batch.completions.count + batch.failures.count + batch.releases.count)) THEN coalesce(array_agg(id), '{}') END
+                CASE WHEN count(*) < \(Int64(batch.count)) THEN coalesce(array_agg(id), '{}') END
             FROM written
             """
         return query

@@ -214,13 +214,9 @@ public struct NymbleDialect: AuthDialect {
         }
     }
 
-    /// At most 200 characters of an error body, as text, with the token (if echoed) removed.
+    /// At most 200 characters of an error body, as text, scrubbed like the other dialects' error bodies.
     private static func excerpt(_ bytes: some Collection<UInt8>, scrubbing secrets: [String]) -> String {
-        var text = String(decoding: bytes.prefix(400), as: UTF8.self)
-        for secret in secrets where !secret.isEmpty {
-            text = text.replacingOccurrences(of: secret, with: "<redacted>")
-        }
-        return String(text.replacingOccurrences(of: "\n", with: " ").prefix(200))
+        TokenText.scrub(String(decoding: bytes.prefix(400), as: UTF8.self), secrets, limit: 200)
     }
 
     public func grant(_ answer: AuthAnswer, endpoint: String) throws(NymbleAPIError) -> LoginGrant {

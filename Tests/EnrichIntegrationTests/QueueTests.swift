@@ -340,7 +340,7 @@ struct NewWorkNotificationTests {
     @Test("enqueuing announces new pending rows on the schema's channel; the next available time is reported")
     func enqueueNotifies() async throws {
         let queue = Queue(database: try TestDatabase.require())
-        #expect(try await queue.nextWorkDelay() == nil)
+        #expect(try await queue.nextWork()?.delay == nil)
         let (signals, continuation) = AsyncStream.makeStream(of: Void.self)
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await queue.listenForNewWork { continuation.yield() } }
@@ -354,6 +354,6 @@ struct NewWorkNotificationTests {
             #expect(await iterator.next() != nil)
             group.cancelAll()
         }
-        #expect(try await queue.nextWorkDelay() == .zero)
+        #expect(try await queue.nextWork()?.delay == .zero)
     }
 }
