@@ -1,8 +1,9 @@
 import EnrichCore
-import EnrichThrottle
 import Logging
 import Synchronization
 import Testing
+
+@testable import EnrichThrottle
 
 /// ``Throttle`` with a fleet's ``SharedSendBudget``: the budget here is an in-memory GCRA on the test's manual
 /// clock (the PostgreSQL one is proven in the integration suite), so the sharing logic runs in milliseconds.
@@ -181,7 +182,14 @@ struct SharedBudgetThrottleTests {
                 }
             }
             group.addTask {
-                await clock.drive { finished.withLock { $0 } == count * throttles.count }
+                let total = count * throttles.count
+                // Every caller is parked when each one is done, asleep on the clock (for its slot, or for a
+                // reservation's round trip), or waiting inside a throttle for the reservation of another.
+                await clock.drive(until: { finished.withLock { $0 } == total }) {
+                    var waiting = 0
+                    for throttle in throttles { waiting += await throttle.budgetWaiterCount }
+                    return finished.withLock { $0 } + clock.sleeperCount + waiting == total
+                }
                 return []
             }
             var instants: [ManualClock.Instant] = []

@@ -83,7 +83,11 @@ final class ManualClock: Clock, Sendable {
     /// Runs time forward, one sleeper's deadline at a time, until `done()` holds (yielding, never sleeping).
     /// Time moves only once the tasks under test have settled (the number of sleepers stayed the same over
     /// several yields), so that work which takes no time in the test does not see time pass.
-    func drive(until done: () -> Bool) async {
+    ///
+    /// That settling is a guess: on a loaded machine a woken task may not run for longer than it waits. A test
+    /// that can tell when every task under test is parked (asleep on this clock, waiting for one that is, or
+    /// done) passes `parked`, and time then moves only while that holds at every settling yield.
+    func drive(until done: () -> Bool, parked: (() async -> Bool)? = nil) async {
         // Cancellation (e.g. by a test's time limit) ends the loop instead of spinning forever.
         while !done() && !Task.isCancelled {
             var settled = 0
@@ -95,13 +99,13 @@ final class ManualClock: Clock, Sendable {
             while (settled < 100 || changed.duration(to: .now) < .milliseconds(5)) && !done() && !Task.isCancelled {
                 await Task.yield()
                 let count = sleeperCount
-                if count == last {
+                if count == last, await parked?() ?? true {
                     settled += 1
                 } else {
                     (settled, last, changed) = (0, count, ContinuousClock.now)
                 }
             }
-            if sleeperCount > 0 { advanceToNextDeadline() }
+            if sleeperCount > 0 && !done() { advanceToNextDeadline() }
         }
     }
 
