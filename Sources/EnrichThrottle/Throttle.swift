@@ -59,7 +59,8 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
     /// The budget's last few round trips: a block covers at least two of the shortest (see ``blockTime``).
     private var reserveRoundTrips: [Duration] = []
     private var budgetWaiters: [CheckedContinuation<Void, Never>] = []
-    /// Callers waiting for another's reservation (for tests driving a manual clock: they are parked).
+    /// Callers waiting for another caller's round trip to the budget (a reservation, or the first look at the
+    /// fleet's pause): parked, for tests that drive a manual clock.
     var budgetWaiterCount: Int { budgetWaiters.count }
     /// Live workers when the budget last answered: the share to keep to without it.
     private var fleetSize = 1

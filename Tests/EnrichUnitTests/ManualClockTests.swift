@@ -1,8 +1,8 @@
 import Foundation
 import Testing
 
-/// The test clock itself: ``ManualClock/drive(until:parked:)`` must not move time under a task that was woken
-/// but has not run yet, or every manual-clock test measures that task late on a loaded machine.
+/// The test clock itself: given a `parked` condition, ``ManualClock/drive(until:parked:)`` must not move time
+/// under a task that was woken but has not run yet, or a test measures that task late on a loaded machine.
 @Suite("Manual clock", .timeLimit(.minutes(1)))
 struct ManualClockTests {
     @Test("drive with a parked condition waits for a woken task whose thread stalls longer than the settling time")

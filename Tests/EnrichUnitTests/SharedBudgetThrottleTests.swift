@@ -184,11 +184,18 @@ struct SharedBudgetThrottleTests {
             group.addTask {
                 let total = count * throttles.count
                 // Every caller is parked when each one is done, asleep on the clock (for its slot, or for a
-                // reservation's round trip), or waiting inside a throttle for the reservation of another.
+                // reservation's round trip), or waiting inside a throttle for another caller's round trip to the
+                // budget. Read in the order callers cannot go back on (done, asleep, waiting): one that moves
+                // between two reads is then missed, never counted twice.
                 await clock.drive(until: { finished.withLock { $0 } == total }) {
+                    let done = finished.withLock { $0 }
+                    let asleep = clock.sleeperCount
                     var waiting = 0
                     for throttle in throttles { waiting += await throttle.budgetWaiterCount }
-                    return finished.withLock { $0 } + clock.sleeperCount + waiting == total
+                    if done + asleep + waiting > total {
+                        Issue.record("something other than the callers sleeps on the clock or waits in a throttle")
+                    }
+                    return done + asleep + waiting == total
                 }
                 return []
             }

@@ -85,8 +85,9 @@ final class ManualClock: Clock, Sendable {
     /// several yields), so that work which takes no time in the test does not see time pass.
     ///
     /// That settling is a guess: on a loaded machine a woken task may not run for longer than it waits. A test
-    /// that can tell when every task under test is parked (asleep on this clock, waiting for one that is, or
-    /// done) passes `parked`, and time then moves only while that holds at every settling yield.
+    /// that can tell when every task under test is parked (done, asleep on this clock, or waiting for another
+    /// task under test, which `parked` must count too) passes `parked`, and time then moves only while that holds
+    /// at every settling yield.
     func drive(until done: () -> Bool, parked: (() async -> Bool)? = nil) async {
         // Cancellation (e.g. by a test's time limit) ends the loop instead of spinning forever.
         while !done() && !Task.isCancelled {
@@ -105,7 +106,7 @@ final class ManualClock: Clock, Sendable {
                     (settled, last, changed) = (0, count, ContinuousClock.now)
                 }
             }
-            if sleeperCount > 0 && !done() { advanceToNextDeadline() }
+            if sleeperCount > 0 && !done() && !Task.isCancelled { advanceToNextDeadline() }
         }
     }
 
