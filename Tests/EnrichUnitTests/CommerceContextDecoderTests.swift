@@ -35,6 +35,28 @@ struct CommerceContextDecoderTests {
         #expect(ours(text) == reference(text), "\(text)")
     }
 
+    @Test("raw bytes in a string: ASCII and UTF-8 read as text, invalid UTF-8 (as JSONDecoder) refused")
+    func rawBytes() {
+        func document(_ value: [UInt8]) -> [UInt8] {
+            Array(#"{"PriceTier":"T","CurrencyCode":"E","CustomerNumber":""#.utf8) + value + Array(#""}"#.utf8)
+        }
+        let valid: [[UInt8]] = [Array("C-000042".utf8), Array("Müller-€-😀".utf8), [0x7F]]
+        for value in valid {
+            let expected = CommerceContext(
+                customerNumber: String(decoding: value, as: UTF8.self),
+                priceTier: "T",
+                currencyCode: "E"
+            )
+            #expect(CommerceContextDecoder.decode(document(value)) == expected, "\(value)")
+        }
+        // A lone continuation byte, a truncated sequence, an overlong form, a surrogate, and 0xFF.
+        let invalid: [[UInt8]] = [[0x80], [0x41, 0xC3], [0xC0, 0xAF], [0xED, 0xA0, 0x80], [0xFF, 0x41]]
+        for value in invalid {
+            #expect(CommerceContextDecoder.decode(document(value)) == nil, "\(value)")
+            #expect((try? JSONDecoder().decode(CommerceContext.self, from: Data(document(value)))) == nil)
+        }
+    }
+
     @Test(
         "malformed JSON that JSONDecoder lets through (it checks skipped values lazily) is refused",
         arguments: [
