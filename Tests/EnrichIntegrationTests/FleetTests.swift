@@ -399,19 +399,29 @@ struct FleetTests {
                 }
                 #expect(await leaders() == [true, false, false], "the first worker leads, alone")
                 let sentAt = ContinuousClock.now
-                // What the fleet and the leader alone had accepted over the last second.
-                let recent = accepted.entries.filter { $0.at.duration(to: sentAt) <= .seconds(1) }
+                // What the fleet and the leader alone had accepted over the last second, and the fleet's busiest
+                // second of the traffic.
+                let entries = accepted.entries
+                let recent = entries.filter { $0.at.duration(to: sentAt) <= .seconds(1) }
                 let (fleetRate, leaderRate) = (Double(recent.count), Double(recent.filter { $0.worker == 0 }.count))
+                let peakRate = Double(
+                    entries.map { start in
+                        entries.filter { $0.at >= start.at && start.at.duration(to: $0.at) < .seconds(1) }.count
+                    }.max() ?? 0
+                )
                 for throttle in throttles { await throttle.throttled(sentAt: sentAt, retryAfter: .seconds(1)) }
                 let status = try await FleetStatus.read(database)
                 let budget = try #require(status.budgets.first)
                 #expect(budget.pauses == 1, "three workers' 429s are one congestion event")
                 let rate = try #require(budget.sharedRate, "the leader set the fleet's rate at the 429")
-                // Cut to 0.9 × what the fleet accepted (the others' last reports may lag half a second): above
-                // what the leader's own calls could explain, never above the fleet's.
+                // Cut to 0.9 × what the fleet accepted: above what the leader's own calls could explain, never
+                // above the fleet's. The leader sees the others' calls when they report them (every quarter second,
+                // later on a loaded machine) and spreads each report over the time since its previous turn, so its
+                // last second can hold calls from before the test's: a loaded CI run saw 18 calls in the last
+                // second and a cut to 21/s. The bound is the fleet's busiest second.
                 #expect(
-                    rate > 1.5 * leaderRate && rate < 1.1 * fleetRate,
-                    "cut from the fleet's \(fleetRate)/s (the leader's own \(leaderRate)/s): \(rate)"
+                    rate > 1.5 * leaderRate && rate < 1.1 * peakRate,
+                    "cut from the fleet's \(fleetRate)/s in the last second, \(peakRate)/s at most (the leader's own \(leaderRate)/s): \(rate)"
                 )
                 #expect(budget.leader == "worker 0" && budget.rateChanges >= 1, "cut by the leader")
                 try await Task.sleep(for: .milliseconds(1100))  // the pause
