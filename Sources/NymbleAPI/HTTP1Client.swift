@@ -485,10 +485,7 @@ private final class HTTP1ExchangeHandler: ChannelDuplexHandler {
         head = nil
         body.clear()
         deadline = .now() + exchange.timeout
-        if let timer, timer.deadline > deadline {  // never with one timeout per client; kept exact anyway
-            timer.task.cancel()
-            self.timer = nil
-        }
+        if let timer, timer.deadline > deadline { disarmTimer() }  // never with one timeout per client; kept exact
         if timer == nil { armTimer(context: context) }
         context.write(wrapOutboundOut(.head(Self.observedHead)), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(exchange.request))), promise: promise)
@@ -540,6 +537,12 @@ private final class HTTP1ExchangeHandler: ChannelDuplexHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         fail(HTTP1Failure.closed, context: context, close: false)
+        disarmTimer()
+    }
+
+    /// Cancels the timer; one already due (NIO runs due timers in batches) finds its generation stale and
+    /// does nothing.
+    private func disarmTimer() {
         timer?.task.cancel()
         timer = nil
         timerGeneration &+= 1
