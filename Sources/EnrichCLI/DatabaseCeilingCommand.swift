@@ -7,9 +7,11 @@ import Foundation
 
 /// `enrich benchmark-database` (hidden; used by `scripts/bench`): the database-only ceiling of a run.
 ///
-/// Drains the queue with the worker's own statements and batch sizes, but no HTTP: two loops (the worker's
-/// claimer and writer run concurrently) each claim a batch and complete it with a fixed context. What it
-/// reaches is the most any `enrich run` against this database could reach.
+/// Drains the queue the way a run does, with the worker's own statements and batch sizes, but no HTTP: one
+/// claimer and one writer at once. While one claimed batch is written back (in write batches, each completed
+/// with a fixed context), the next is claimed. What it reaches is the most any `enrich run` against this
+/// database could reach. (Two loops each claiming and completing in turn, the earlier shape, reached less:
+/// their claims skip each other's locked rows, and PostgreSQL spent 38–49 µs per row instead of 34–35.)
 struct DatabaseCeilingCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "benchmark-database",
@@ -19,26 +21,26 @@ struct DatabaseCeilingCommand: AsyncParsableCommand {
 
     @OptionGroup var database: DatabaseOptions
 
-    @Option(help: ArgumentHelp("Rows per claim (the worker's default, 500).", valueName: "rows"))
+    @Option(help: ArgumentHelp("Rows per claim (the worker's default, 2000).", valueName: "rows"))
     var claimBatch = WorkerConfiguration().effectiveClaimBatch
 
-    @Option(help: ArgumentHelp("Concurrent claim + complete loops.", valueName: "n"))
-    var loops = 2
+    @Option(help: ArgumentHelp("Rows per write-back statement (the worker's default, 500).", valueName: "rows"))
+    var writeBatch = WorkerConfiguration().writeBatch
+
+    func validate() throws {
+        guard claimBatch >= 1 else { throw ValidationError("--claim-batch must be at least 1") }
+        guard writeBatch >= 1 else { throw ValidationError("--write-batch must be at least 1") }
+    }
 
     func run() async throws {
         try await reportingErrors {
             let logger = try database.makeLogger()
-            let (claimBatch, loops) = (claimBatch, loops)
+            let (claimBatch, writeBatch) = (claimBatch, writeBatch)
             let (rows, seconds) = try await Database.withDatabase(try database.configuration(), logger: logger) { db in
                 let queue = Queue(database: db)
                 try await queue.refreshStatisticsIfStale()  // as a run does at its start
                 let started = ContinuousClock.now
-                let rows = try await withThrowingTaskGroup(of: Int.self) { group in
-                    for loop in 0..<loops {
-                        group.addTask { try await Self.drain(queue, owner: "ceiling-\(loop)", batch: claimBatch) }
-                    }
-                    return try await group.reduce(0, +)
-                }
+                let rows = try await Self.drain(queue, claimBatch: claimBatch, writeBatch: writeBatch)
                 return (rows, started.duration(to: .now))
             }
             let elapsed = seconds.inSeconds
@@ -49,14 +51,23 @@ struct DatabaseCeilingCommand: AsyncParsableCommand {
         }
     }
 
-    private static func drain(_ queue: Queue, owner: String, batch: Int) async throws -> Int {
+    /// Claims the next batch while the previous one is written back; returns the rows completed.
+    private static func drain(_ queue: Queue, claimBatch: Int, writeBatch: Int) async throws -> Int {
+        @Sendable func claim() async throws -> [LeasedItem] {
+            try await queue.claim(owner: "ceiling", limit: claimBatch, lease: .seconds(120)).items
+        }
         let context = CommerceContext(customerNumber: "CN-1", priceTier: "Retail", currencyCode: "USD")
         var total = 0
-        while true {
-            let items = try await queue.claim(owner: owner, limit: batch, lease: .seconds(120)).items
-            if items.isEmpty { return total }
-            _ = try await queue.complete(items.map { Completion(item: $0, context: context) }, owner: owner)
+        var items = try await claim()
+        while !items.isEmpty {
+            async let next = claim()
+            for start in stride(from: 0, to: items.count, by: writeBatch) {
+                let chunk = items[start..<min(start + writeBatch, items.count)]
+                _ = try await queue.complete(chunk.map { Completion(item: $0, context: context) }, owner: "ceiling")
+            }
             total += items.count
+            items = try await next
         }
+        return total
     }
 }

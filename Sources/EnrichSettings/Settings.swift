@@ -279,7 +279,7 @@ public enum Settings {
         "claim-batch",
         environment: "ENRICH_CLAIM_BATCH",
         kind: .count(1...10_000, valueName: "rows"),
-        default: "2 × concurrency, ≥ 500",
+        default: "2 × concurrency, ≥ 2000",
         help: "most rows one claim leases (the run holds about a second of work up to this)",
         group: .run
     )

@@ -9,7 +9,7 @@ import Synchronization
 /// most the claim batch; ``ClaimSizer``) and claims again when half of that is left, so a worker task almost
 /// never waits for the database, memory stays flat however long the queue is, and a worker that dies
 /// leaves few rows behind: rows held in all (claimed, calling, or waiting for the writer) stay under that
-/// target plus the concurrency plus one write batch. The sequence ends when the run stops, or, in drain
+/// target plus the concurrency plus two write batches. The sequence ends when the run stops, or, in drain
 /// mode, when the queue is settled: every row handed out is written back (``RowLedger``), nothing is pending
 /// (rows waiting for a retry are waited for) and nothing is running under another live run (a dead run's
 /// rows are taken over at once). In follow mode it waits for new work instead.
@@ -179,10 +179,12 @@ final class ClaimedRows<C: Clock>: AsyncSequence, Sendable where C.Duration == D
             }
             // Backpressure: rows whose results wait for the writer count against what may be held, so a
             // writer slower than the API (a slow database) slows the claims instead of piling up leased rows.
+            // A writer that keeps up holds two batches (one being written, the next filling meanwhile): with
+            // one, claims were cut while the writer kept up, and the worker tasks ran out of rows.
             let held = buffered + ledger.outstanding
             let limit = Swift.min(
                 target - buffered,
-                target + configuration.concurrency + configuration.writeBatch - held
+                target + configuration.concurrency + 2 * configuration.writeBatch - held
             )
             guard limit > 0 else {
                 await demand.wait(timeout: configuration.pollInterval, clock: clock)

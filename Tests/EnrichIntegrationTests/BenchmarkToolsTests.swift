@@ -8,12 +8,14 @@ import Testing
 /// recorded times. (The benchmarks themselves are not tests: they run in release mode and print figures.)
 @Suite("Benchmark instruments", .freshSchema)
 struct BenchmarkToolsTests {
-    @Test("enrich benchmark-database drains the queue with claim + complete only and reports it as JSON")
+    @Test(
+        "enrich benchmark-database drains the queue with claim + complete only (claims ahead of the write-backs, in write batches) and reports it as JSON"
+    )
     func databaseCeiling() async throws {
         let database = try TestDatabase.require()
         try await WorkerHarness.enqueue(WorkerHarness.pairs(1_234), into: database)
         let child = try EnrichProcess.start(
-            ["benchmark-database", "--claim-batch", "100"],
+            ["benchmark-database", "--claim-batch", "100", "--write-batch", "30"],
             environment: try WorkerProcessTests.environment(database, baseURL: "http://127.0.0.1:9")
         )
         let status = try await child.wait()

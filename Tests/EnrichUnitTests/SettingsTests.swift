@@ -27,7 +27,7 @@ struct SettingsTests {
         #expect(!plan.worker.follow && plan.worker.concurrency == 32)
         #expect(plan.worker.rateLimit == nil && plan.worker.maxAttempts == nil)
         #expect(plan.worker.lease == .seconds(120) && plan.worker.shutdownGrace == .seconds(30))
-        #expect(plan.worker.effectiveClaimBatch == 500 && plan.worker.writeBatch == 500)
+        #expect(plan.worker.effectiveClaimBatch == 2_000 && plan.worker.writeBatch == 500)
         #expect(plan.client.maximumConnections == 32)
         #expect(plan.client.baseURL == "https://api.achievemomentum.com")
         #expect(plan.credentials.secret == "s3cret-value" && plan.credentials.dialect == .nymble)
