@@ -39,6 +39,7 @@ public struct DatabaseSession: Sendable {
         var remaining = timeout ?? deadline.map { now.duration(to: $0) } ?? statementTimeout
         if let inherited = Database.deadline { remaining = min(remaining, now.duration(to: inherited)) }
         guard remaining > .zero else { throw timedOut(after: nil) }
+        let limit = remaining
         let expired = ExpiryFlag()
         let answer = connection.eventLoop.flatSubmit { () -> EventLoopFuture<PostgresQueryResult> in
             guard !connection.isClosed else {
@@ -47,7 +48,7 @@ public struct DatabaseSession: Sendable {
                 )
             }
             let result: EventLoopFuture<PostgresQueryResult> = connection.query(query, logger: logger)
-            let timer = connection.eventLoop.scheduleTask(in: .nanoseconds(remaining.inNanoseconds)) {
+            let timer = connection.eventLoop.scheduleTask(in: .nanoseconds(limit.inNanoseconds)) {
                 expired.set()
                 connection.closeSoon()
             }
@@ -61,7 +62,7 @@ public struct DatabaseSession: Sendable {
                 connection.closeSoon()
             }
         } catch {
-            if expired.isSet { throw timedOut(after: remaining) }
+            if expired.isSet { throw timedOut(after: limit) }
             throw DatabaseError.wrap(error, during: operation)
         }
     }

@@ -125,7 +125,7 @@ public struct FleetCredentials: Sendable {
             RETURNING 1
             """
         )
-        return try rows.first != nil
+        return rows.first != nil
     }
 
     /// Stores a new token (sealed) obtained `sentAgo` ago with `lifetime`, renewed `margin` before it
