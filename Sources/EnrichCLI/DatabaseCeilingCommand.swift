@@ -11,7 +11,7 @@ import Foundation
 /// claimer and one writer at once. While one claimed batch is written back (in write batches, each completed
 /// with a fixed context), the next is claimed. What it reaches is the most any `enrich run` against this
 /// database could reach. (Two loops each claiming and completing in turn, the earlier shape, reached less:
-/// their claims skip each other's locked rows, and PostgreSQL spent 38–49 µs per row instead of 34–35.)
+/// their claims skip each other's locked rows, and PostgreSQL spent 37–45 µs per row instead of 34–36.)
 struct DatabaseCeilingCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "benchmark-database",
@@ -51,7 +51,9 @@ struct DatabaseCeilingCommand: AsyncParsableCommand {
         }
     }
 
-    /// Claims the next batch while the previous one is written back; returns the rows completed.
+    /// Claims the next batch while the previous one is written back; returns the rows completed. When a
+    /// write-back fails, the claim in flight is cancelled; rows it had already leased stay leased until their
+    /// lease expires (a benchmark on a throwaway schema: not worth a release path).
     private static func drain(_ queue: Queue, claimBatch: Int, writeBatch: Int) async throws -> Int {
         @Sendable func claim() async throws -> [LeasedItem] {
             try await queue.claim(owner: "ceiling", limit: claimBatch, lease: .seconds(120)).items

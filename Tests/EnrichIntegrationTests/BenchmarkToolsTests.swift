@@ -9,7 +9,7 @@ import Testing
 @Suite("Benchmark instruments", .freshSchema)
 struct BenchmarkToolsTests {
     @Test(
-        "enrich benchmark-database drains the queue with claim + complete only (claims ahead of the write-backs, in write batches) and reports it as JSON"
+        "enrich benchmark-database drains the queue with claim + complete only (written back in write batches) and reports it as JSON"
     )
     func databaseCeiling() async throws {
         let database = try TestDatabase.require()

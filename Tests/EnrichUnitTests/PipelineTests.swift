@@ -245,7 +245,9 @@ struct PipelineTests {
         // Without backpressure the API's pace (4 tasks, 1 ms a call) would lease nearly all 400 rows while
         // the writer needs 200 ms per 10 rows.
         #expect(store.mostHeld <= 20 + 4 + 2 * 10, "held \(store.mostHeld)")
-        #expect(store.mostHeld >= 10, "the test must load the writer (held \(store.mostHeld))")
+        // The writer is loaded, and the claims are not cut at one write batch (the writer's second batch, the
+        // one filling while the first is written, is allowed for).
+        #expect(store.mostHeld > 20 + 4 + 10, "held \(store.mostHeld)")
     }
 
     @Test("a write the store gives up on stops the run; its results are written by the last flush, none twice")
