@@ -59,11 +59,36 @@ enum TestDatabase {
         }
     }
 
+    /// Drops the test's schema. Right after a test cancels its tasks, their statements' connections are being
+    /// closed (a cancelled statement closes its connection; the server finishes the statement first), and the
+    /// drop may meet one of them: a connection closing under it, or a deadlock with a statement still ending. So
+    /// it is tried three times; a last failure is thrown with the server's message, not PSQLError's generic one.
     static func drop(_ database: Database) async throws {
-        try await database.client.query(
-            "DROP SCHEMA IF EXISTS \(unescaped: "\"" + database.configuration.schema + "\"") CASCADE",
-            logger: logger
-        )
+        var attempt = 1
+        while true {
+            do {
+                try await database.client.query(
+                    "DROP SCHEMA IF EXISTS \(unescaped: "\"" + database.configuration.schema + "\"") CASCADE",
+                    logger: logger
+                )
+                return
+            } catch let error as PSQLError where attempt < 3 {
+                logger.warning(
+                    "dropping the test schema failed; trying again",
+                    metadata: ["error": "\(String(reflecting: error))"]
+                )
+                attempt += 1
+                try await Task.sleep(for: .milliseconds(200 * attempt))
+            } catch let error as PSQLError {
+                throw DropFailed(schema: database.configuration.schema, reason: String(reflecting: error))
+            }
+        }
+    }
+
+    struct DropFailed: Error, CustomStringConvertible {
+        var schema: String
+        var reason: String
+        var description: String { "could not drop the test schema \(schema): \(reason)" }
     }
 
     /// Waits until the server has been up for `uptime`: a run's missing liveness lock counts as a death only
