@@ -21,15 +21,18 @@ struct DatabaseCeilingCommand: AsyncParsableCommand {
 
     @OptionGroup var database: DatabaseOptions
 
-    @Option(help: ArgumentHelp("Rows per claim (the worker's default, 2000).", valueName: "rows"))
+    @Option(help: ArgumentHelp("Rows per claim; the default is the worker's.", valueName: "rows"))
     var claimBatch = WorkerConfiguration().effectiveClaimBatch
 
-    @Option(help: ArgumentHelp("Rows per write-back statement (the worker's default, 500).", valueName: "rows"))
+    @Option(help: ArgumentHelp("Rows per write-back statement; the default is the worker's.", valueName: "rows"))
     var writeBatch = WorkerConfiguration().writeBatch
 
+    /// The worker's own checks of the two batch sizes.
     func validate() throws {
-        guard claimBatch >= 1 else { throw ValidationError("--claim-batch must be at least 1") }
-        guard writeBatch >= 1 else { throw ValidationError("--write-batch must be at least 1") }
+        var worker = WorkerConfiguration()
+        worker.claimBatch = claimBatch
+        worker.writeBatch = writeBatch
+        try worker.validate()
     }
 
     func run() async throws {
