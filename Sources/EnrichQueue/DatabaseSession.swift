@@ -36,10 +36,9 @@ public struct DatabaseSession: Sendable {
         let connection = self.connection
         let logger = self.logger
         let now = ContinuousClock.now
-        var remaining = timeout ?? deadline.map { now.duration(to: $0) } ?? statementTimeout
-        if let inherited = Database.deadline { remaining = min(remaining, now.duration(to: inherited)) }
-        guard remaining > .zero else { throw timedOut(after: nil) }
-        let limit = remaining
+        let own = timeout ?? deadline.map { now.duration(to: $0) } ?? statementTimeout
+        let limit = Database.deadline.map { min(own, now.duration(to: $0)) } ?? own
+        guard limit > .zero else { throw timedOut(after: nil) }
         let expired = ExpiryFlag()
         let answer = connection.eventLoop.flatSubmit { () -> EventLoopFuture<PostgresQueryResult> in
             guard !connection.isClosed else {
