@@ -1,5 +1,4 @@
 import NIOCore
-import NIOHTTP1
 import NIOPosix
 import NIOSSL
 import Synchronization
@@ -30,8 +29,8 @@ enum HTTP1Failure: Error, Sendable, Equatable {
 }
 
 /// A lean HTTP/1.1 client for the hot path: keep-alive connections to one origin (TLS through NIOSSL for
-/// `https`), each request one pre-encoded buffer and one write, the answer parsed by NIOHTTP1's decoder
-/// and collected whole up to a cap.
+/// `https`), each request one pre-encoded buffer and one write, the answer read by
+/// ``HTTP1ResponseParser`` and collected whole up to a cap.
 ///
 /// Why not AsyncHTTPClient for `/access` (it still does the rare login): per request it parses the URL,
 /// builds and encodes a header list, runs its pool's state machine and streams the body through an async
@@ -109,16 +108,16 @@ final class HTTP1Client: Sendable {
     /// The pool's state, under one lock.
     private struct Pool {
         /// Connections that can carry a request, the most recently used last, with when they went idle.
-        var idle: [(channel: any Channel, since: ContinuousClock.Instant)] = []
+        var idle: [(connection: Connection, since: ContinuousClock.Instant)] = []
         var shutDown = false
         var connecting = 0
         /// Callers waiting for a connection: resumed with one, or with nil to look again (a connect slot
         /// freed, a connection closed).
-        var waiters: [(id: UInt64, continuation: CheckedContinuation<(any Channel)?, any Error>)] = []
+        var waiters: [(id: UInt64, continuation: CheckedContinuation<Connection?, any Error>)] = []
         var nextWaiterID: UInt64 = 0
 
         /// The first waiter, to resume outside the lock.
-        mutating func takeWaiter() -> CheckedContinuation<(any Channel)?, any Error>? {
+        mutating func takeWaiter() -> CheckedContinuation<Connection?, any Error>? {
             waiters.isEmpty ? nil : waiters.removeFirst().continuation
         }
     }
@@ -148,29 +147,27 @@ final class HTTP1Client: Sendable {
     /// - Throws: ``HTTP1Failure``, a connect error (`NIOConnectionError`, `ChannelError.connectTimeout`,
     ///   `IOError`), or `CancellationError` when the task was cancelled (the connection is closed).
     func send(_ request: ByteBuffer) async throws -> HTTP1Answer {
-        let channel = try await lease()
+        let connection = try await lease()
         if Task.isCancelled {  // cancelled while connecting: send nothing the server might serve unread
-            release(channel, reusable: true)
+            release(connection, reusable: true)
             throw CancellationError()
         }
-        let answer = channel.eventLoop.makePromise(of: HTTP1Answer.self)
-        let written = channel.eventLoop.makePromise(of: Void.self)
-        // A channel closed before the write reaches the handler fails the write, not the answer: both end it.
-        written.futureResult.whenFailure {
-            answer.fail($0 as? ChannelError == .ioOnClosedChannel ? HTTP1Failure.closed : $0)
-        }
-        channel.writeAndFlush(
-            HTTP1Exchange(request: request, answer: answer, timeout: requestTimeout),
-            promise: written
-        )
+        let channel = connection.channel
+        let timeout = requestTimeout
         do {
+            // The handler resumes the continuation exactly once: with the answer, or with why there is none
+            // (timeout, closed connection, invalid bytes, cancellation closing the connection).
             let result = try await withTaskCancellationHandler {
-                try await answer.futureResult.get()
+                try await withUnsafeThrowingContinuation { (answer: UnsafeContinuation<HTTP1Answer, any Error>) in
+                    channel.eventLoop.execute {
+                        connection.handler.value.start(request, timeout: timeout, answer: answer)
+                    }
+                }
             } onCancel: {
                 channel.close(promise: nil)
             }
             // A cancellation that came after the answer has begun closing the connection: do not lend it.
-            release(channel, reusable: result.keepAlive && !Task.isCancelled)
+            release(connection, reusable: result.keepAlive && !Task.isCancelled)
             return result
         } catch {
             channel.close(promise: nil)
@@ -188,7 +185,7 @@ final class HTTP1Client: Sendable {
                 pool.idle = []
                 pool.waiters = []
             }
-            return (pool.idle.map(\.channel), pool.waiters.map(\.continuation))
+            return (pool.idle.map(\.connection.channel), pool.waiters.map(\.continuation))
         }
         for channel in idle { channel.close(promise: nil) }
         for waiter in waiters { waiter.resume(throwing: HTTP1Failure.shutDown) }
@@ -196,11 +193,11 @@ final class HTTP1Client: Sendable {
 
     /// An idle connection, a new one (at most ``maximumConnecting`` opening at once), or the first one
     /// handed back while waiting (at most the request timeout).
-    private func lease() async throws -> any Channel {
+    private func lease() async throws -> Connection {
         let deadline = ContinuousClock.now.advanced(by: Duration.nanoseconds(requestTimeout.nanoseconds))
         while true {
             enum Next {
-                case use(any Channel)
+                case use(Connection)
                 case connect
                 case wait(UInt64)
             }
@@ -215,11 +212,11 @@ final class HTTP1Client: Sendable {
                 let stillFresh = pool.idle.firstIndex { $0.since.duration(to: now) <= maximumIdleTime }
                 let expiredCount = stillFresh ?? pool.idle.count
                 if expiredCount > 0 {
-                    expired = pool.idle.prefix(expiredCount).map(\.channel)
+                    expired = pool.idle.prefix(expiredCount).map(\.connection.channel)
                     pool.idle.removeFirst(expiredCount)
                 }
                 while let entry = pool.idle.popLast() {
-                    if entry.channel.isActive { return .use(entry.channel) }
+                    if entry.connection.channel.isActive { return .use(entry.connection) }
                 }
                 if pool.connecting < Self.maximumConnecting {
                     pool.connecting += 1
@@ -229,8 +226,8 @@ final class HTTP1Client: Sendable {
                 return .wait(pool.nextWaiterID)
             }
             switch next {
-            case .use(let channel):
-                return channel
+            case .use(let connection):
+                return connection
             case .connect:
                 defer {
                     // A connect slot is free again: the first waiter may take it.
@@ -242,7 +239,7 @@ final class HTTP1Client: Sendable {
                 }
                 return try await connect()
             case .wait(let id):
-                if let channel = try await waitForConnection(id: id, until: deadline) { return channel }
+                if let connection = try await waitForConnection(id: id, until: deadline) { return connection }
             }
         }
     }
@@ -253,7 +250,7 @@ final class HTTP1Client: Sendable {
         id: UInt64,
         until deadline: ContinuousClock.Instant
     ) async throws
-        -> (any Channel)?
+        -> Connection?
     {
         let remaining = ContinuousClock.now.duration(to: deadline)
         guard remaining > .zero else { throw HTTP1Failure.noConnection }
@@ -295,7 +292,7 @@ final class HTTP1Client: Sendable {
     }
 
     /// Takes waiter `id` off the list, if it is still there.
-    private func removeWaiter(_ id: UInt64) -> CheckedContinuation<(any Channel)?, any Error>? {
+    private func removeWaiter(_ id: UInt64) -> CheckedContinuation<Connection?, any Error>? {
         pool.withLock { pool in
             guard let index = pool.waiters.firstIndex(where: { $0.id == id }) else { return nil }
             return pool.waiters.remove(at: index).continuation
@@ -304,32 +301,32 @@ final class HTTP1Client: Sendable {
 
     /// Hands a connection that can carry another request to the first waiter, or keeps it idle; closes it
     /// otherwise (and lets a waiter open a new one).
-    private func release(_ channel: any Channel, reusable: Bool) {
+    private func release(_ connection: Connection, reusable: Bool) {
         enum Outcome {
-            case handed(CheckedContinuation<(any Channel)?, any Error>)
+            case handed(CheckedContinuation<Connection?, any Error>)
             case kept
-            case close(CheckedContinuation<(any Channel)?, any Error>?)
+            case close(CheckedContinuation<Connection?, any Error>?)
         }
-        let active = reusable && channel.isActive
+        let active = reusable && connection.channel.isActive
         let outcome = pool.withLock { pool -> Outcome in
             guard active, !pool.shutDown else { return .close(pool.takeWaiter()) }
             if let waiter = pool.takeWaiter() { return .handed(waiter) }
             guard pool.idle.count < maximumIdle else { return .close(nil) }
-            pool.idle.append((channel, ContinuousClock.now))
+            pool.idle.append((connection, ContinuousClock.now))
             return .kept
         }
         switch outcome {
         case .handed(let waiter):
-            waiter.resume(returning: channel)
+            waiter.resume(returning: connection)
         case .kept:
             break
         case .close(let waiter):
-            channel.close(promise: nil)
+            connection.channel.close(promise: nil)
             waiter?.resume(returning: nil)
         }
     }
 
-    private func connect() async throws -> any Channel {
+    private func connect() async throws -> Connection {
         let sslContext = self.sslContext
         let serverHostname = origin.host.isIPAddress ? nil : origin.host
         let maximumResponseBytes = self.maximumResponseBytes
@@ -344,16 +341,27 @@ final class HTTP1Client: Sendable {
                             NIOSSLClientHandler(context: sslContext, serverHostname: serverHostname)
                         )
                     }
-                    try pipeline.addHandler(PreEncodedRequestWriter())
-                    try pipeline.addHandler(
-                        ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes))
-                    )
                     try pipeline.addHandler(HTTP1ExchangeHandler(maximumResponseBytes: maximumResponseBytes))
                 }
             }
             .connect(host: origin.host, port: origin.port)
+            .flatMapThrowing { channel in
+                Connection(
+                    channel: channel,
+                    handler: NIOLoopBound(
+                        try channel.pipeline.syncOperations.handler(type: HTTP1ExchangeHandler.self),
+                        eventLoop: channel.eventLoop
+                    )
+                )
+            }
             .get()
     }
+}
+
+/// A pooled connection: its channel, and its exchange handler (touched only on the channel's event loop).
+private struct Connection: Sendable {
+    let channel: any Channel
+    let handler: NIOLoopBound<HTTP1ExchangeHandler>
 }
 
 /// A waiter's timer, set once it is listed and cancelled when the wait ends.
@@ -375,13 +383,6 @@ private final class TimerBox: Sendable {
         }
         task?.cancel()
     }
-}
-
-/// One request's bytes and where its answer goes.
-struct HTTP1Exchange: Sendable {
-    var request: ByteBuffer
-    var answer: EventLoopPromise<HTTP1Answer>
-    var timeout: TimeAmount
 }
 
 /// The bytes of requests to one path: everything but the bearer token and the body encoded once.
@@ -428,39 +429,20 @@ struct HTTP1RequestTemplate: Sendable {
     }
 }
 
-/// Passes a pre-encoded request's bytes to the socket. The request head it drops is only there so that
-/// `HTTPResponseDecoder` (which watches outbound heads for the request method) knows what answers to expect.
-private final class PreEncodedRequestWriter: ChannelOutboundHandler, RemovableChannelHandler {
-    typealias OutboundIn = HTTPClientRequestPart
+/// One exchange at a time on its connection: writes the request, reads the answer (``HTTP1ResponseParser``,
+/// the body up to the cap), completes the exchange's promise exactly once (answer, timeout, closed
+/// connection, invalid bytes). The client calls ``start(_:timeout:answer:)`` on the channel's event loop.
+private final class HTTP1ExchangeHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        switch unwrapOutboundIn(data) {
-        case .body(.byteBuffer(let bytes)):
-            context.write(wrapOutboundOut(bytes), promise: promise)
-        case .head, .body, .end:
-            promise?.succeed()
-        }
-    }
-}
-
-@available(*, unavailable)
-extension PreEncodedRequestWriter: Sendable {}
-
-/// One exchange at a time on its connection: writes the request, collects the answer up to the cap,
-/// completes the exchange's promise exactly once (answer, timeout, closed connection, invalid bytes).
-private final class HTTP1ExchangeHandler: ChannelDuplexHandler {
-    typealias InboundIn = HTTPClientResponsePart
-    typealias OutboundIn = HTTP1Exchange
-    typealias OutboundOut = HTTPClientRequestPart
-
-    /// The head the response decoder sees for every request (it only reads the method).
-    private static let observedHead = HTTPRequestHead(version: .http1_1, method: .POST, uri: "/")
-
-    private let maximumResponseBytes: Int
-    private var pending: EventLoopPromise<HTTP1Answer>?
-    private var head: HTTPResponseHead?
-    private var body = ByteBuffer()
+    private var parser: HTTP1ResponseParser
+    /// Bytes of an answer's unfinished line, kept until the next read completes it.
+    private var unread = ByteBuffer()
+    /// Set while the handler is in the pipeline.
+    private var context: ChannelHandlerContext?
+    /// The exchange in progress: where its answer goes.
+    private var pending: UnsafeContinuation<HTTP1Answer, any Error>?
     /// When the exchange in progress times out.
     private var deadline = NIODeadline.distantFuture
     /// The connection's one timer, armed for a deadline at or before the current one. Exchanges take
@@ -472,72 +454,96 @@ private final class HTTP1ExchangeHandler: ChannelDuplexHandler {
     /// in batches), and then it must do nothing.
     private var timerGeneration: UInt64 = 0
 
-    init(maximumResponseBytes: Int) { self.maximumResponseBytes = maximumResponseBytes }
+    init(maximumResponseBytes: Int) { parser = HTTP1ResponseParser(maximumBodyBytes: maximumResponseBytes) }
 
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        let exchange = unwrapOutboundIn(data)
-        guard pending == nil else {
-            exchange.answer.fail(HTTP1Failure.invalidAnswer)  // never: the pool leases a connection to one caller
-            promise?.succeed()
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    /// Writes `request` and resumes `answer` once: with the answer, or with why there is none. A write that
+    /// fails closes the connection, which ends the exchange.
+    func start(_ request: ByteBuffer, timeout: TimeAmount, answer: UnsafeContinuation<HTTP1Answer, any Error>) {
+        guard let context, context.channel.isActive else {
+            answer.resume(throwing: HTTP1Failure.closed)  // closed while idle in the pool, or as the call began
             return
         }
-        pending = exchange.answer
-        head = nil
-        body.clear()
-        deadline = .now() + exchange.timeout
+        guard pending == nil else {
+            answer.resume(throwing: HTTP1Failure.invalidAnswer)  // never: the pool leases a connection to one caller
+            return
+        }
+        pending = answer
+        deadline = .now() + timeout
         if let timer, timer.deadline > deadline { disarmTimer() }  // never with one timeout per client; kept exact
         if timer == nil { armTimer(context: context) }
-        context.write(wrapOutboundOut(.head(Self.observedHead)), promise: nil)
-        context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(exchange.request))), promise: promise)
+        context.writeAndFlush(wrapOutboundOut(request), promise: nil)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard pending != nil else { return }  // bytes after a failed exchange: the connection is closing
-        switch unwrapInboundIn(data) {
-        case .head(let received):
-            head = received
-        case .body(var part):
-            guard body.readableBytes + part.readableBytes <= maximumResponseBytes else {
-                fail(HTTP1Failure.tooLarge, context: context)
-                return
-            }
-            body.writeBuffer(&part)
-        case .end:
-            guard let head, let promise = pending else { return }
-            pending = nil
-            deadline = .distantFuture
-            let answer = HTTP1Answer(
-                status: Int(head.status.code),
-                retryAfter: head.headers.first(name: "Retry-After"),
-                body: body,
-                keepAlive: head.isKeepAlive
-            )
-            body = ByteBuffer()
-            promise.succeed(answer)
+        var bytes = unwrapInboundIn(data)
+        guard let answerTo = pending else {
+            // Bytes nobody asked for (or after a failed exchange): they cannot be told from the next answer.
+            context.close(promise: nil)
+            return
         }
+        let answer: HTTP1ResponseParser.Answer?
+        do {
+            if unread.readableBytes == 0 {
+                answer = try parser.read(&bytes)
+                if bytes.readableBytes > 0 { unread.writeBuffer(&bytes) }
+            } else {
+                unread.writeBuffer(&bytes)
+                answer = try parser.read(&unread)
+                bytes = unread  // what is left of it
+            }
+        } catch {
+            fail(error == .tooLarge ? HTTP1Failure.tooLarge : HTTP1Failure.invalidAnswer, context: context)
+            return
+        }
+        guard let answer else { return }
+        // Bytes after the answer were not asked for: the connection is not lent again.
+        let extra = unread.readableBytes > 0 || bytes.readableBytes > 0
+        pending = nil
+        deadline = .distantFuture
+        unread.clear()
+        answerTo.resume(
+            returning: HTTP1Answer(
+                status: answer.status,
+                retryAfter: answer.retryAfter,
+                body: answer.body,
+                keepAlive: answer.keepAlive && !extra
+            )
+        )
+        if extra { context.close(promise: nil) }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        if let answerTo = pending, let answer = parser.readAtClose() {  // a body that ends where the connection does
+            pending = nil
+            deadline = .distantFuture
+            answerTo.resume(
+                returning: HTTP1Answer(
+                    status: answer.status,
+                    retryAfter: answer.retryAfter,
+                    body: answer.body,
+                    keepAlive: false
+                )
+            )
+        }
         fail(HTTP1Failure.closed, context: context)
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         switch error {
-        case HTTPParserError.invalidEOFState, NIOSSLError.uncleanShutdown:
+        case NIOSSLError.uncleanShutdown:
             fail(HTTP1Failure.closed, context: context)  // closed mid-answer
-        case is HTTPParserError, is NIOHTTPDecoderError, is ByteToMessageDecoderError:
-            fail(HTTP1Failure.invalidAnswer, context: context)
         default: fail(error, context: context)
         }
-        // Also with no exchange pending (bytes nobody asked for on an idle connection): its decoder is in an
-        // error state now, and an idle connection must not be lent again.
         context.close(promise: nil)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         fail(HTTP1Failure.closed, context: context, close: false)
         disarmTimer()
+        self.context = nil
     }
 
     /// Cancels the timer; one already due (NIO runs due timers in batches) finds its generation stale and
@@ -572,10 +578,10 @@ private final class HTTP1ExchangeHandler: ChannelDuplexHandler {
     /// Fails the exchange in progress (if any) and closes the connection: what is left of its answer
     /// cannot be told from the next one's.
     private func fail(_ error: any Error, context: ChannelHandlerContext, close: Bool = true) {
-        guard let promise = pending else { return }
+        guard let answerTo = pending else { return }
         pending = nil
         deadline = .distantFuture
-        promise.fail(error)
+        answerTo.resume(throwing: error)
         if close { context.close(promise: nil) }
     }
 }

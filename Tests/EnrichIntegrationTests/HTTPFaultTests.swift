@@ -234,6 +234,32 @@ struct HTTPFaultTests {
         }
     }
 
+    @Test("an answer without a length is read to the close; an interim 100 Continue before an answer is skipped")
+    func untilCloseAndInterim() async throws {
+        let unsized = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n\(goodBody)"
+        try await FaultServer.withRunning(.bytesThenClose(unsized)) { server, url in
+            let (contexts, error) = try await call(url, times: 2)
+            #expect(error == nil && contexts.count == 2, "\(String(describing: error))")
+            #expect(server.connections == 2)
+        }
+        let interim = "HTTP/1.1 100 Continue\r\n\r\n" + answer("200 OK", body: goodBody)
+        try await FaultServer.withRunning(.bytes(interim)) { server, url in
+            let (contexts, error) = try await call(url, times: 2)
+            #expect(error == nil && contexts.count == 2, "\(String(describing: error))")
+            #expect(server.connections == 1)
+        }
+    }
+
+    @Test("bytes nobody asked for after an answer: the answer is used, its connection is not lent again")
+    func bytesAfterAnswer() async throws {
+        let reply = answer("200 OK", body: goodBody) + "HTTP/1.1 200 OK\r\n"
+        try await FaultServer.withRunning(.bytes(reply)) { server, url in
+            let (contexts, error) = try await call(url, times: 2)
+            #expect(error == nil && contexts.count == 2, "\(String(describing: error))")
+            #expect(server.connections == 2)
+        }
+    }
+
     @Test("a garbage body with 200 is a typed undecodable error")
     func garbageBody() async throws {
         try await FaultServer.withRunning(.bytes(answer("200 OK", body: "<html>not json</html>"))) { _, url in
