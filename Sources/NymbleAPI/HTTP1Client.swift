@@ -35,11 +35,12 @@ enum HTTP1Failure: Error, Sendable, Equatable {
 /// Why not AsyncHTTPClient for `/access` (it still does the rare login): per request it parses the URL,
 /// builds and encodes a header list, runs its pool's state machine and streams the body through an async
 /// sequence, hopping between the caller and the event loop several times; profiled, that was about half
-/// of the runner's CPU per pair (BENCHMARKS.md, "Hot path"). Here a request is a buffer written from the
-/// caller's thread and an answer is one promise completed on the event loop.
+/// of the runner's CPU per pair (BENCHMARKS.md, "Hot path"). Here a request is a buffer handed to the
+/// connection's handler in one hop to its event loop, and the answer resumes the caller's continuation.
 ///
-/// Requests are not retried: a connection that fails mid-exchange fails the call (the runner retries the
-/// row with backoff), since `POST /access` may already have been served.
+/// Requests are not retried once written: a connection that fails mid-exchange fails the call (the runner
+/// retries the row with backoff), since `POST /access` may already have been served. A connection found
+/// closed before anything was written is replaced, twice at most.
 final class HTTP1Client: Sendable {
     struct Origin: Sendable {
         var host: String
@@ -147,6 +148,20 @@ final class HTTP1Client: Sendable {
     /// - Throws: ``HTTP1Failure``, a connect error (`NIOConnectionError`, `ChannelError.connectTimeout`,
     ///   `IOError`), or `CancellationError` when the task was cancelled (the connection is closed).
     func send(_ request: ByteBuffer) async throws -> HTTP1Answer {
+        var unsentTries = 0
+        while true {
+            do {
+                return try await sendOnce(request)
+            } catch let unsent as NotSent {
+                unsentTries += 1
+                if Task.isCancelled { throw CancellationError() }
+                if unsentTries > 2 { throw unsent.reason }
+            }
+        }
+    }
+
+    /// One lease and one exchange; ``NotSent`` when the connection was closed before the request was written.
+    private func sendOnce(_ request: ByteBuffer) async throws -> HTTP1Answer {
         let connection = try await lease()
         if Task.isCancelled {  // cancelled while connecting: send nothing the server might serve unread
             release(connection, reusable: true)
@@ -174,6 +189,13 @@ final class HTTP1Client: Sendable {
             if Task.isCancelled { throw CancellationError() }
             throw error
         }
+    }
+
+    /// The connection was closed before the request was written (idle in the pool, or as the call began):
+    /// nothing reached the server, so another connection may carry the request.
+    fileprivate struct NotSent: Error {
+        /// What closed it: ``HTTP1Failure/closed``, or the error that did (a failed TLS handshake).
+        var reason: any Error
     }
 
     /// Closes the idle connections and wakes the callers waiting for one; connections in use are closed when
@@ -430,7 +452,7 @@ struct HTTP1RequestTemplate: Sendable {
 }
 
 /// One exchange at a time on its connection: writes the request, reads the answer (``HTTP1ResponseParser``,
-/// the body up to the cap), completes the exchange's promise exactly once (answer, timeout, closed
+/// the body up to the cap), resumes the exchange's continuation exactly once (answer, timeout, closed
 /// connection, invalid bytes). The client calls ``start(_:timeout:answer:)`` on the channel's event loop.
 private final class HTTP1ExchangeHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
@@ -443,6 +465,9 @@ private final class HTTP1ExchangeHandler: ChannelInboundHandler {
     private var context: ChannelHandlerContext?
     /// The exchange in progress: where its answer goes.
     private var pending: UnsafeContinuation<HTTP1Answer, any Error>?
+    /// The error that ended the connection while no exchange was in progress (a failed TLS handshake), for
+    /// the call that finds it closed.
+    private var closedBy: (any Error)?
     /// When the exchange in progress times out.
     private var deadline = NIODeadline.distantFuture
     /// The connection's one timer, armed for a deadline at or before the current one. Exchanges take
@@ -462,7 +487,8 @@ private final class HTTP1ExchangeHandler: ChannelInboundHandler {
     /// fails closes the connection, which ends the exchange.
     func start(_ request: ByteBuffer, timeout: TimeAmount, answer: UnsafeContinuation<HTTP1Answer, any Error>) {
         guard let context, context.channel.isActive else {
-            answer.resume(throwing: HTTP1Failure.closed)  // closed while idle in the pool, or as the call began
+            // Closed while idle in the pool, or as the call began: nothing was written.
+            answer.resume(throwing: HTTP1Client.NotSent(reason: closedBy ?? HTTP1Failure.closed))
             return
         }
         guard pending == nil else {
@@ -492,6 +518,7 @@ private final class HTTP1ExchangeHandler: ChannelInboundHandler {
                 unread.writeBuffer(&bytes)
                 answer = try parser.read(&unread)
                 bytes = unread  // what is left of it
+                if answer == nil { unread.discardReadBytes() }  // keep only the unfinished line, not the body read
             }
         } catch {
             fail(error == .tooLarge ? HTTP1Failure.tooLarge : HTTP1Failure.invalidAnswer, context: context)
@@ -532,6 +559,7 @@ private final class HTTP1ExchangeHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if pending == nil, closedBy == nil { closedBy = error }
         switch error {
         case NIOSSLError.uncleanShutdown:
             fail(HTTP1Failure.closed, context: context)  // closed mid-answer

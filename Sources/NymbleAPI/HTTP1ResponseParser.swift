@@ -66,9 +66,12 @@ struct HTTP1ResponseParser {
             case .head(let scanned):
                 guard let (head, length) = try Self.head(in: buffer, scanned: scanned) else {
                     guard buffer.readableBytes <= Self.maximumHeadBytes else { throw .invalid }
+                    // A line ended by a bare LF would never meet the blank line: fail now, not at the timeout.
+                    guard !Self.hasBareLineFeed(buffer, from: scanned) else { throw .invalid }
                     state = .head(scanned: max(0, buffer.readableBytes - 3))
                     return nil
                 }
+                guard length <= Self.maximumHeadBytes else { throw .invalid }
                 buffer.moveReaderIndex(forwardBy: length)
                 if let answer = try begin(head) { return answer }
             case .sized(let remaining):
@@ -291,14 +294,27 @@ extension HTTP1ResponseParser {
         }
     }
 
-    /// Calls `body` with each comma-separated element of a header's value, its blanks dropped (empty ones too).
+    /// Calls `body` with each comma-separated element of a header's value, its blanks dropped; empty elements
+    /// (`a, , b,`) are skipped, as RFC 9110 asks of a list's recipient.
     private static func forEachToken(in value: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) -> Void) {
         var start = 0
         while start <= value.count {
             var end = start
             while end < value.count, value[end] != UInt8(ascii: ",") { end += 1 }
-            body(trimmed(UnsafeRawBufferPointer(rebasing: value[start..<end])))
+            let token = trimmed(UnsafeRawBufferPointer(rebasing: value[start..<end]))
+            if !token.isEmpty { body(token) }
             start = end + 1
+        }
+    }
+
+    /// Whether `buffer` holds an LF that does not follow a CR at or after `start` (the bytes before were looked at).
+    private static func hasBareLineFeed(_ buffer: ByteBuffer, from start: Int) -> Bool {
+        buffer.withUnsafeReadableBytes { bytes in
+            for index in min(start, bytes.count)..<bytes.count
+            where bytes[index] == lf && (index == 0 || bytes[index - 1] != cr) {
+                return true
+            }
+            return false
         }
     }
 
@@ -323,10 +339,11 @@ extension HTTP1ResponseParser {
 
     /// The length of the line at the start of `buffer` (without its CRLF), or nil when its end is not there yet.
     private static func line(in buffer: ByteBuffer, limit: Int) throws(Failure) -> Int? {
+        // The first CR or LF: an LF first is a line ended without its CR.
         let found = buffer.withUnsafeReadableBytes { bytes -> Int? in
-            guard let cr = bytes.firstIndex(of: cr) else { return nil }
-            return cr
+            bytes.firstIndex { $0 == cr || $0 == lf }
         }
+        if let found, buffer.getInteger(at: buffer.readerIndex + found, as: UInt8.self) == lf { throw .invalid }
         guard let found else {
             guard buffer.readableBytes <= limit else { throw .invalid }
             return nil

@@ -20,6 +20,9 @@ private final class FaultServer: Sendable {
         case silence
         /// These bytes to a connection's first request, nothing to the others.
         case firstOnly(String)
+        /// These bytes in pieces of this many bytes, each written and flushed a millisecond after the last,
+        /// so that the client reads them one by one.
+        case inPieces(String, size: Int)
     }
 
     let port: Int
@@ -109,6 +112,15 @@ private final class ReplyHandler: ChannelInboundHandler {
                 break
             case .firstOnly(let text):
                 if answered == 0 { context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: text)), promise: nil) }
+            case .inPieces(let text, let size):
+                let bytes = Array(text.utf8)
+                let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+                for (index, start) in stride(from: 0, to: bytes.count, by: size).enumerated() {
+                    let piece = ByteBuffer(bytes: bytes[start..<min(bytes.count, start + size)])
+                    context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(Int64(index))) {
+                        bound.value.writeAndFlush(NIOAny(piece), promise: nil)
+                    }
+                }
             }
             answered += 1
         }
@@ -257,6 +269,38 @@ struct HTTPFaultTests {
             let (contexts, error) = try await call(url, times: 2)
             #expect(error == nil && contexts.count == 2, "\(String(describing: error))")
             #expect(server.connections == 2)
+        }
+    }
+
+    @Test(
+        "an answer arriving a few bytes at a time is read whole, sized or chunked, on one kept-alive connection",
+        arguments: [1, 3, 10]
+    )
+    func answerInPieces(size: Int) async throws {
+        let chunked =
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10;x=1\r\n" + String(goodBody.prefix(16)) + "\r\n"
+            + String(goodBody.utf8.count - 16, radix: 16) + "\r\n" + String(goodBody.dropFirst(16))
+            + "\r\n0\r\nX-Trailer: t\r\n\r\n"
+        for reply in [answer("200 OK", body: goodBody, headers: "Retry-After: 3\r\n"), chunked] {
+            try await FaultServer.withRunning(.inPieces(reply, size: size)) { server, url in
+                let (contexts, error) = try await call(url, times: 2)
+                #expect(error == nil && contexts.count == 2, "\(String(describing: error))")
+                #expect(contexts.first?.customerNumber == "C-1" && contexts.first?.currencyCode == nil)
+                #expect(server.connections == 1)
+            }
+        }
+    }
+
+    @Test("a server that closes a kept-alive connection after answering: the next call opens a new one")
+    func closedWhileIdle() async throws {
+        try await FaultServer.withRunning(.bytesThenClose(answer("200 OK", body: goodBody))) { server, url in
+            try await NymbleClient.withClient(configuration: .init(baseURL: url), logger: quietLogger) { client in
+                for index in 0..<3 {
+                    _ = try await client.access(organizationId: "o", userId: "u\(index)", token: AccessToken("t"))
+                    try await Task.sleep(for: .milliseconds(100))  // the close reaches the client while idle
+                }
+            }
+            #expect(server.connections == 3)
         }
     }
 

@@ -115,6 +115,13 @@ struct HTTP1ResponseParserTests {
         }
     }
 
+    @Test("empty elements of a header's list are skipped: `chunked,` is chunked")
+    func emptyListElements() {
+        let text = Self.chunked.replacingOccurrences(of: "gzip , Chunked", with: ", gzip, chunked , ,")
+        let (answers, failure, _) = parse(text)
+        #expect(failure == nil && body(answers.first) == json && answers.first?.keepAlive == true)
+    }
+
     @Test("both Transfer-Encoding: chunked and Content-Length: read as chunked, and the connection is not kept")
     func bothFramings() {
         let text = Self.chunked.replacingOccurrences(of: "\r\n\r\n10;", with: "\r\nContent-Length: 5\r\n\r\n10;")
@@ -154,6 +161,9 @@ struct HTTP1ResponseParserTests {
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n;ext\r\n",
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokXX",
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1000000000000000\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\nok",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: 1\n\r\n",
+            "HTTP/1.1 200 OK\n\n",  // a head of bare LFs: failed at once, not waited on until the timeout
         ]
     )
     func invalid(text: String) {
@@ -161,11 +171,12 @@ struct HTTP1ResponseParserTests {
         #expect(parse(text, piece: 1).failure == .invalid)
     }
 
-    @Test("a head that does not end within 64 KiB fails as invalid instead of growing")
+    @Test("a head over 64 KiB fails as invalid, however it arrives, instead of growing")
     func headTooLong() {
         let text = "HTTP/1.1 200 OK\r\n" + String(repeating: "X-Filler: 0123456789\r\n", count: 3_200)
         #expect(parse(text, piece: 4_096).failure == .invalid)
         #expect(parse(text + "Content-Length: 0\r\n\r\n", piece: 4_096).failure == .invalid)
+        #expect(parse(text + "Content-Length: 0\r\n\r\n").failure == .invalid)  // in one read
         let fits = "HTTP/1.1 200 OK\r\n" + String(repeating: "X-Filler: 0123456789\r\n", count: 2_000)
         #expect(parse(fits + "Content-Length: 0\r\n\r\n", piece: 4_096).answers.count == 1)
     }
