@@ -4,7 +4,7 @@ import NIOSSL
 import Synchronization
 
 /// An answer read whole: its status, the one header the client acts on, and the body (at most the cap).
-struct HTTP1Answer: Sendable {
+struct HTTP1Answer: Sendable, Equatable {
     var status: Int
     var retryAfter: String?
     var body: ByteBuffer
@@ -509,7 +509,7 @@ private final class HTTP1ExchangeHandler: ChannelInboundHandler {
             context.close(promise: nil)
             return
         }
-        let answer: HTTP1ResponseParser.Answer?
+        let answer: HTTP1Answer?
         do {
             if unread.readableBytes == 0 {
                 answer = try parser.read(&bytes)
@@ -524,20 +524,14 @@ private final class HTTP1ExchangeHandler: ChannelInboundHandler {
             fail(error == .tooLarge ? HTTP1Failure.tooLarge : HTTP1Failure.invalidAnswer, context: context)
             return
         }
-        guard let answer else { return }
+        guard var answer else { return }
         // Bytes after the answer were not asked for: the connection is not lent again.
         let extra = unread.readableBytes > 0 || bytes.readableBytes > 0
+        if extra { answer.keepAlive = false }
         pending = nil
         deadline = .distantFuture
         unread.clear()
-        answerTo.resume(
-            returning: HTTP1Answer(
-                status: answer.status,
-                retryAfter: answer.retryAfter,
-                body: answer.body,
-                keepAlive: answer.keepAlive && !extra
-            )
-        )
+        answerTo.resume(returning: answer)
         if extra { context.close(promise: nil) }
     }
 
@@ -545,14 +539,7 @@ private final class HTTP1ExchangeHandler: ChannelInboundHandler {
         if let answerTo = pending, let answer = parser.readAtClose() {  // a body that ends where the connection does
             pending = nil
             deadline = .distantFuture
-            answerTo.resume(
-                returning: HTTP1Answer(
-                    status: answer.status,
-                    retryAfter: answer.retryAfter,
-                    body: answer.body,
-                    keepAlive: false
-                )
-            )
+            answerTo.resume(returning: answer)  // not kept alive: read until close
         }
         fail(HTTP1Failure.closed, context: context)
         context.fireChannelInactive()

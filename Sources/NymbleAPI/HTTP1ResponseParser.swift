@@ -23,14 +23,6 @@ struct HTTP1ResponseParser {
         case tooLarge
     }
 
-    /// A whole answer.
-    struct Answer: Equatable {
-        var status: Int
-        var retryAfter: String?
-        var body: ByteBuffer
-        var keepAlive: Bool
-    }
-
     /// The most bytes a head (status line and headers) or a chunked body's trailers may take.
     static let maximumHeadBytes = 64 * 1024
     /// The most bytes a chunk-size line may take (its extensions included).
@@ -60,7 +52,7 @@ struct HTTP1ResponseParser {
 
     /// Reads from `buffer` up to the end of the next answer and returns it; or reads what it can, leaves the
     /// bytes of an unfinished line in `buffer` (the caller appends the next bytes to them) and returns nil.
-    mutating func read(_ buffer: inout ByteBuffer) throws(Failure) -> Answer? {
+    mutating func read(_ buffer: inout ByteBuffer) throws(Failure) -> HTTP1Answer? {
         while buffer.readableBytes > 0 {
             switch state {
             case .head(let scanned):
@@ -110,7 +102,7 @@ struct HTTP1ResponseParser {
 
     /// The answer whose body ends where the connection closed, if one was being read that way; nil when the
     /// connection closed between answers or in the middle of one.
-    mutating func readAtClose() -> Answer? {
+    mutating func readAtClose() -> HTTP1Answer? {
         guard case .untilClose = state else { return nil }
         return finish()
     }
@@ -125,7 +117,7 @@ struct HTTP1ResponseParser {
 
     /// Starts the answer `head` begins: the answer itself when it has no body; nil (read on) otherwise or for
     /// an interim answer.
-    private mutating func begin(_ head: Head) throws(Failure) -> Answer? {
+    private mutating func begin(_ head: Head) throws(Failure) -> HTTP1Answer? {
         switch head.status {
         case 101:
             throw .invalid  // no upgrade was asked for
@@ -157,8 +149,8 @@ struct HTTP1ResponseParser {
         return nil
     }
 
-    private mutating func finish() -> Answer {
-        let answer = Answer(status: status, retryAfter: retryAfter, body: body, keepAlive: keepAlive)
+    private mutating func finish() -> HTTP1Answer {
+        let answer = HTTP1Answer(status: status, retryAfter: retryAfter, body: body, keepAlive: keepAlive)
         state = .head(scanned: 0)
         retryAfter = nil
         body = ByteBuffer()

@@ -12,11 +12,11 @@ private func parse(
     piece: Int = .max,
     cap: Int = 65_536,
     closeAtEnd: Bool = false
-) -> (answers: [Parser.Answer], failure: Parser.Failure?, left: Int) {
+) -> (answers: [HTTP1Answer], failure: Parser.Failure?, left: Int) {
     var parser = Parser(maximumBodyBytes: cap)
     let bytes = Array(text.utf8)
     var carried = ByteBuffer()
-    var answers: [Parser.Answer] = []
+    var answers: [HTTP1Answer] = []
     var start = 0
     do {
         while start < bytes.count {
@@ -32,7 +32,7 @@ private func parse(
     return (answers, nil, carried.readableBytes)
 }
 
-private func body(_ answer: Parser.Answer?) -> String? { answer.map { String(buffer: $0.body) } }
+private func body(_ answer: HTTP1Answer?) -> String? { answer.map { String(buffer: $0.body) } }
 
 private let json = #"{"CustomerNumber":"C-1","PriceTier":"Gold","CurrencyCode":null}"#
 
