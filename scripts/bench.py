@@ -59,6 +59,11 @@ class Run:
         words = self.summary.split(" in ")[-1].split()
         return float(words[0])
 
+    def rows_per_second(self):
+        """The run's rate from its summary line (`... (8123 rows/s)`): rows finished over the run's exact
+        duration, where the printed seconds are rounded to a tenth (about ±1.4% of a 3.6 s run)."""
+        return float(self.summary.rsplit("(", 1)[-1].split()[0])
+
 
 def sample(simulator, run, seconds, every=1.0):
     """Simulator counters every `every` seconds while the run lasts (at most `seconds`)."""
@@ -182,7 +187,7 @@ def overhead(api="simulator"):
         postgres_after = postgres_cpu_seconds()
     ceilings.append(database_ceiling(pairs))
     ceiling = sum(ceilings) / 2
-    rate = pairs / run.run_seconds()
+    rate = run.rows_per_second()
     cpu_us = run.cpu / pairs * 1e6
     share = rate / ceiling
     postgres_us = (postgres_after - postgres_before) / pairs * 1e6 if postgres_after is not None else None
