@@ -90,8 +90,11 @@ struct WorkerTests {
             #expect(report.state == .succeeded && report.statistics.counters.succeeded == Int64(rows))
             #expect(stats.access429 > 0, "the limit was never reached: the test does not test anything")
             #expect(share < 0.10)
-            // A loose bound for a shared CI box; the benchmark measures the real share of the limit.
-            #expect(throughput > limit * 0.5)
+            // A loose bound for a shared CI box; the benchmark measures the real share of the limit. The worker
+            // and the simulator share this process and its two cooperative threads with every suite running in
+            // parallel: with two busy loops beside it, a run fell to 41 rows/s here (CI once saw 47), while
+            // the same run as separate processes held 69–74 rows/s. Half the limit was too tight for that.
+            #expect(throughput > limit * 0.35)
             WorkerHarness.expectAllSettled(try await WorkerHarness.rows(database), expectedCount: rows)
         }
     }
