@@ -410,8 +410,14 @@ struct FleetTests {
                     }.max() ?? 0
                 )
                 for throttle in throttles { await throttle.throttled(sentAt: sentAt, retryAfter: .seconds(1)) }
-                let status = try await FleetStatus.read(database)
-                let budget = try #require(status.budgets.first)
+                // The leader's turn for the 429 waits for a turn already in flight (its periodic one), so on a
+                // loaded machine the rate can land just after `throttled` returns (CI on 8753a03 read it unset).
+                var budget = try #require(try await FleetStatus.read(database).budgets.first)
+                let settled = ContinuousClock.now.advanced(by: .seconds(3))
+                while budget.sharedRate == nil, ContinuousClock.now < settled {
+                    try await Task.sleep(for: .milliseconds(20))
+                    budget = try #require(try await FleetStatus.read(database).budgets.first)
+                }
                 #expect(budget.pauses == 1, "three workers' 429s are one congestion event")
                 let rate = try #require(budget.sharedRate, "the leader set the fleet's rate at the 429")
                 // Cut to 0.9 × what the fleet accepted: above what the leader's own calls could explain, never
