@@ -504,11 +504,13 @@ private final class HTTP1ExchangeHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = unwrapInboundIn(data)
-        guard let answerTo = pending else {
+        guard pending != nil else {
             // Bytes nobody asked for (or after a failed exchange): they cannot be told from the next answer.
             context.close(promise: nil)
             return
         }
+        // Read in place when nothing is carried over (the usual answer, whole in one read); what is left
+        // unread ends up in `unread` either way.
         let answer: HTTP1Answer?
         do {
             if unread.readableBytes == 0 {
@@ -517,30 +519,26 @@ private final class HTTP1ExchangeHandler: ChannelInboundHandler {
             } else {
                 unread.writeBuffer(&bytes)
                 answer = try parser.read(&unread)
-                bytes = unread  // what is left of it
-                if answer == nil { unread.discardReadBytes() }  // keep only the unfinished line, not the body read
             }
         } catch {
             fail(error == .tooLarge ? HTTP1Failure.tooLarge : HTTP1Failure.invalidAnswer, context: context)
             return
         }
-        guard var answer else { return }
+        guard var answer else {
+            unread.discardReadBytes()  // keep only the unfinished line, not the body already read
+            return
+        }
         // Bytes after the answer were not asked for: the connection is not lent again.
-        let extra = unread.readableBytes > 0 || bytes.readableBytes > 0
+        let extra = unread.readableBytes > 0
         if extra { answer.keepAlive = false }
-        pending = nil
-        deadline = .distantFuture
         unread.clear()
-        answerTo.resume(returning: answer)
+        takePending()?.resume(returning: answer)
         if extra { context.close(promise: nil) }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if let answerTo = pending, let answer = parser.readAtClose() {  // a body that ends where the connection does
-            pending = nil
-            deadline = .distantFuture
-            answerTo.resume(returning: answer)  // not kept alive: read until close
-        }
+        // A body that ends where the connection does (not kept alive: read until close).
+        if pending != nil, let answer = parser.readAtClose() { takePending()?.resume(returning: answer) }
         fail(HTTP1Failure.closed, context: context)
         context.fireChannelInactive()
     }
@@ -593,11 +591,18 @@ private final class HTTP1ExchangeHandler: ChannelInboundHandler {
     /// Fails the exchange in progress (if any) and closes the connection: what is left of its answer
     /// cannot be told from the next one's.
     private func fail(_ error: any Error, context: ChannelHandlerContext, close: Bool = true) {
-        guard let answerTo = pending else { return }
-        pending = nil
-        deadline = .distantFuture
+        guard let answerTo = takePending() else { return }
         answerTo.resume(throwing: error)
         if close { context.close(promise: nil) }
+    }
+
+    /// Ends the exchange in progress, if any: its continuation, to resume once.
+    private func takePending() -> UnsafeContinuation<HTTP1Answer, any Error>? {
+        defer {
+            pending = nil
+            deadline = .distantFuture
+        }
+        return pending
     }
 }
 

@@ -43,10 +43,9 @@ struct HTTP1ResponseParser {
 
     private let maximumBodyBytes: Int
     private var state = State.head(scanned: 0)
-    private var status = 0
-    private var retryAfter: String?
-    private var keepAlive = true
-    private var body = ByteBuffer()
+    /// The answer being read: its head's values, and the body so far.
+    private var answer = Self.empty
+    private static let empty = HTTP1Answer(status: 0, retryAfter: nil, body: ByteBuffer(), keepAlive: true)
 
     init(maximumBodyBytes: Int) { self.maximumBodyBytes = maximumBodyBytes }
 
@@ -77,7 +76,7 @@ struct HTTP1ResponseParser {
                 if size == 0 {
                     state = .trailers(read: 0)
                 } else {
-                    guard body.readableBytes + size <= maximumBodyBytes else { throw .tooLarge }
+                    guard answer.body.readableBytes + size <= maximumBodyBytes else { throw .tooLarge }
                     state = .chunkData(remaining: size)
                 }
             case .chunkData(let remaining):
@@ -94,7 +93,7 @@ struct HTTP1ResponseParser {
                 state = .trailers(read: read + line + 2)
             case .untilClose:
                 _ = take(from: &buffer, upTo: Int.max)
-                guard body.readableBytes <= maximumBodyBytes else { throw .tooLarge }
+                guard answer.body.readableBytes <= maximumBodyBytes else { throw .tooLarge }
             }
         }
         return nil
@@ -110,8 +109,9 @@ struct HTTP1ResponseParser {
     /// Up to `limit` bytes of body taken from `buffer`; the count taken.
     private mutating func take(from buffer: inout ByteBuffer, upTo limit: Int) -> Int {
         let count = min(limit, buffer.readableBytes)
-        if body.capacity == 0, limit != .max { body.reserveCapacity(limit) }  // one allocation for a sized body
-        body.writeImmutableBuffer(buffer.readSlice(length: count)!)
+        // One allocation for a sized body (or a chunk).
+        if answer.body.capacity == 0, limit != .max { answer.body.reserveCapacity(limit) }
+        answer.body.writeImmutableBuffer(buffer.readSlice(length: count)!)
         return count
     }
 
@@ -127,33 +127,36 @@ struct HTTP1ResponseParser {
         default:
             break
         }
-        status = head.status
-        retryAfter = head.retryAfter
-        keepAlive = head.http11 ? !head.close : head.keepAlive && !head.close
+        answer = HTTP1Answer(
+            status: head.status,
+            retryAfter: head.retryAfter,
+            body: ByteBuffer(),
+            keepAlive: head.http11 ? !head.close : head.keepAlive && !head.close
+        )
         if head.status == 204 || head.status == 304 { return finish() }
         switch (head.transferEncoding, head.contentLength) {
         case (.chunked, let length):
-            if length != nil { keepAlive = false }  // both framings: read as chunked, trust nothing after
+            if length != nil { answer.keepAlive = false }  // both framings: read as chunked, trust nothing after
             state = .chunkSize
         case (.other, _):
-            keepAlive = false
+            answer.keepAlive = false
             state = .untilClose
         case (.none, let length?):
             guard length <= maximumBodyBytes else { throw .tooLarge }
             if length == 0 { return finish() }
             state = .sized(remaining: length)
         case (.none, nil):
-            keepAlive = false
+            answer.keepAlive = false
             state = .untilClose
         }
         return nil
     }
 
     private mutating func finish() -> HTTP1Answer {
-        let answer = HTTP1Answer(status: status, retryAfter: retryAfter, body: body, keepAlive: keepAlive)
-        state = .head(scanned: 0)
-        retryAfter = nil
-        body = ByteBuffer()
+        defer {
+            state = .head(scanned: 0)
+            answer = Self.empty
+        }
         return answer
     }
 }
