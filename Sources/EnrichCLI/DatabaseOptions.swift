@@ -14,6 +14,8 @@ struct DatabaseOptions: ParsableArguments {
     var databaseConnections: String?
     @Option(name: .customLong(Settings.statementTimeout.name), help: .init(Settings.statementTimeout))
     var statementTimeout: String?
+    @Option(name: .customLong(Settings.preparedStatements.name), help: .init(Settings.preparedStatements))
+    var preparedStatements: String?
     @Option(name: .customLong(Settings.logLevel.name), help: .init(Settings.logLevel))
     var logLevel: String?
     @Option(name: .customLong(Settings.logFormat.name), help: .init(Settings.logFormat))
@@ -24,7 +26,8 @@ struct DatabaseOptions: ParsableArguments {
         let given: [(any AnySetting, String?)] = [
             (Settings.databaseURL, databaseURL), (Settings.schema, schema),
             (Settings.databaseConnections, databaseConnections), (Settings.statementTimeout, statementTimeout),
-            (Settings.logLevel, logLevel), (Settings.logFormat, logFormat),
+            (Settings.preparedStatements, preparedStatements), (Settings.logLevel, logLevel),
+            (Settings.logFormat, logFormat),
         ]
         let flags = Dictionary(
             uniqueKeysWithValues: given.compactMap { setting, value in value.map { (setting.name, $0) } }

@@ -9,6 +9,8 @@ public struct Database: Sendable {
     public let client: PostgresClient
     public let configuration: DatabaseConfiguration
     public let logger: Logger
+    /// The statements prepared on the pool's connections.
+    let statements: PreparedStatements
 
     /// The quoted schema, for splicing into SQL with `unescaped:` (validated at configuration time).
     var schema: String { "\"\(configuration.schema)\"" }
@@ -26,7 +28,12 @@ public struct Database: Sendable {
         return try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { await client.run() }
             defer { group.cancelAll() }
-            let database = Database(client: client, configuration: configuration, logger: logger)
+            let database = Database(
+                client: client,
+                configuration: configuration,
+                logger: logger,
+                statements: PreparedStatements(enabled: configuration.preparedStatements)
+            )
             try await database.checkConnection()
             return try await body(database)
         }
@@ -46,7 +53,8 @@ public struct Database: Sendable {
         probing.connectTimeout = min(configuration.connectTimeout, timeout)
         probing.statementTimeout = timeout
         do {
-            try await Database(client: client, configuration: probing, logger: logger).checkConnection()
+            try await Database(client: client, configuration: probing, logger: logger, statements: statements)
+                .checkConnection()
             return nil
         } catch let error as DatabaseError {
             return error.message

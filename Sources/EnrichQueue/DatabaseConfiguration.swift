@@ -26,6 +26,9 @@ public struct DatabaseConfiguration: Sendable, CustomStringConvertible {
     /// How long a statement (or a wait for a pooled connection) may take before it is given up and its
     /// connection closed; bulk loads pass a longer one of their own.
     public var statementTimeout: Duration
+    /// Whether the claim and the write-back are prepared once per connection (``PreparedStatements``); off
+    /// behind a connection pooler that cannot keep a connection's prepared statements.
+    public var preparedStatements = true
 
     public init(
         url: String,

@@ -76,7 +76,8 @@ public struct DatabaseError: Error, CustomStringConvertible, Sendable {
     static func wrapDriverError(_ error: any Error, during operation: String) -> any Error {
         let error = unwrapTransactionError(error)
         guard
-            error is PSQLError || error is PostgresDecodingError || error is NIOConnectionError
+            error is PSQLError || error is PostgresError || error is PostgresDecodingError
+                || error is NIOConnectionError
                 || error is IOError || error is ChannelError
         else { return error }
         return wrapped(error, during: operation)
@@ -107,10 +108,31 @@ public struct DatabaseError: Error, CustomStringConvertible, Sendable {
             }
             return DatabaseError(.queryFailed, "\(operation) failed: \(psql.code)")
         }
+        if let legacy = error as? PostgresError {
+            return wrapped(legacy, during: operation)
+        }
         if error is NIOConnectionError || error is IOError || error is ChannelError {
             return DatabaseError(.cannotConnect, "\(operation) failed: \(plainReason(error))")
         }
         return DatabaseError(.queryFailed, "\(operation) failed: \(type(of: error))")
+    }
+
+    /// PostgresNIO's older error type, which its prepared statements (``PreparedStatements``) throw: worded
+    /// the same way as the newer one, with the same secret-free parts.
+    private static func wrapped(_ error: PostgresError, during operation: String) -> DatabaseError {
+        switch error {
+        case .server(let info):
+            let state = info.fields[.sqlState]
+            var text = "\(operation) failed: \(info.fields[.message] ?? "the server reported an error")"
+            if let state { text += " (SQLSTATE \(state))" }
+            if let detail = info.fields[.detail] { text += ": \(detail)" }
+            if state == "42P01" || state == "3F000" { return DatabaseError(.schemaNotMigrated, text) }
+            return DatabaseError(.queryFailed, text, sqlState: state)
+        case .connectionClosed:
+            return DatabaseError(.cannotConnect, "\(operation) failed: lost the database connection (closed)")
+        case .protocol(let message):
+            return DatabaseError(.cannotConnect, "\(operation) failed: lost the database connection (\(message))")
+        }
     }
 
     /// Why a connection failed, in plain words: the server's own message, "connection refused", "host not

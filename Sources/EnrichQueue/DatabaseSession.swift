@@ -28,25 +28,51 @@ public struct DatabaseSession: Sendable {
     let serverDescription: String
     /// What the session does, for messages.
     let operation: String
+    /// The pool's prepared statements (``execute(_:_:timeout:)``).
+    let statements: PreparedStatements
 
     /// Runs `query` and returns all its rows; throws ``DatabaseError`` (`timedOut`) when the server gives no
     /// answer by the session's deadline (or within `timeout`).
     @discardableResult
     public func query(_ query: PostgresQuery, timeout: Duration? = nil) async throws -> [PostgresRow] {
-        let connection = self.connection
         let logger = self.logger
+        return try await run(timeout: timeout) { connection in
+            connection.query(query, logger: logger).map(\.rows)
+        }
+    }
+
+    /// Runs a statement prepared on this connection (prepared first when it is not yet), with `binds` in the
+    /// order of its `$n`; the same deadline as ``query(_:timeout:)``.
+    @discardableResult
+    func execute(
+        _ statement: PreparedStatement,
+        _ binds: [PostgresData],
+        timeout: Duration? = nil
+    ) async throws -> [PostgresRow] {
+        let (statements, logger) = (self.statements, self.logger)
+        return try await run(timeout: timeout) { connection in
+            statements.execute(statement, binds, on: connection, logger: logger)
+        }
+    }
+
+    /// Starts one statement with `start` on the connection's event loop, once it is checked there to be
+    /// open; closes the connection when no answer comes by the deadline or the task is cancelled, which
+    /// fails the statement.
+    private func run(
+        timeout: Duration?,
+        _ start: @escaping @Sendable (PostgresConnection) -> EventLoopFuture<[PostgresRow]>
+    ) async throws -> [PostgresRow] {
+        let connection = self.connection
         let now = ContinuousClock.now
         let own = timeout ?? deadline.map { now.duration(to: $0) } ?? statementTimeout
         let limit = Database.deadline.map { min(own, now.duration(to: $0)) } ?? own
         guard limit > .zero else { throw timedOut(after: nil) }
         let expired = ExpiryFlag()
-        let answer = connection.eventLoop.flatSubmit { () -> EventLoopFuture<PostgresQueryResult> in
+        let answer = connection.eventLoop.flatSubmit { () -> EventLoopFuture<[PostgresRow]> in
             guard !connection.isClosed else {
-                return connection.eventLoop.makeFailedFuture(
-                    DatabaseError(.cannotConnect, "lost the database connection before the statement was sent")
-                )
+                return connection.eventLoop.makeFailedFuture(Self.lostBeforeSending)
             }
-            let result: EventLoopFuture<PostgresQueryResult> = connection.query(query, logger: logger)
+            let result = start(connection)
             let timer = connection.eventLoop.scheduleTask(in: .nanoseconds(limit.inNanoseconds)) {
                 expired.set()
                 connection.closeSoon()
@@ -56,7 +82,7 @@ public struct DatabaseSession: Sendable {
         }
         do {
             return try await withTaskCancellationHandler {
-                try await answer.get().rows
+                try await answer.get()
             } onCancel: {
                 connection.closeSoon()
             }
@@ -65,6 +91,12 @@ public struct DatabaseSession: Sendable {
             throw DatabaseError.wrap(error, during: operation)
         }
     }
+
+    /// The connection was found closed on its event loop before a statement was handed to it.
+    static let lostBeforeSending = DatabaseError(
+        .cannotConnect,
+        "lost the database connection before the statement was sent"
+    )
 
     private func timedOut(after limit: Duration?) -> DatabaseError {
         let seconds =
@@ -119,7 +151,7 @@ extension Database {
     ) async throws -> T {
         let start = ContinuousClock.now
         let deadline = sessionDeadline(timeout: timeout)
-        let (client, logger, server) = (self.client, self.logger, configuration.description)
+        let (client, logger, server, statements) = (self.client, self.logger, configuration.description, statements)
         let timeout = timeout ?? configuration.statementTimeout
         do {
             return try await withThrowingTaskGroup(of: SessionRace<T>.self) { group in
@@ -133,7 +165,8 @@ extension Database {
                                     deadline: deadline,
                                     statementTimeout: timeout,
                                     serverDescription: server,
-                                    operation: operation
+                                    operation: operation,
+                                    statements: statements
                                 )
                             )
                         }
@@ -174,6 +207,13 @@ extension Database {
         -> [PostgresRow]
     {
         try await withSession(operation, timeout: timeout) { try await $0.query(query) }
+    }
+
+    /// One prepared statement on a pooled connection (see ``withSession(_:timeout:_:)`` and
+    /// ``PreparedStatements``).
+    @discardableResult
+    func execute(_ statement: PreparedStatement, _ binds: [PostgresData]) async throws -> [PostgresRow] {
+        try await withSession(statement.operation) { try await $0.execute(statement, binds) }
     }
 
     /// Runs `body` in a transaction on a pooled connection: committed when it returns, rolled back when it
@@ -225,7 +265,8 @@ extension Database {
             deadline: nil,
             statementTimeout: statementTimeout ?? configuration.statementTimeout,
             serverDescription: configuration.description,
-            operation: operation
+            operation: operation,
+            statements: statements
         )
     }
 }

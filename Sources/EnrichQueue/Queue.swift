@@ -14,9 +14,21 @@ public struct Queue: Sendable {
     /// The application's SQL that receives each written batch of results (nil: the queue only).
     public let target: WriteBackTarget?
 
+    /// The statements prepared on each connection, for this schema.
+    let statements: Statements
+
+    struct Statements: Sendable {
+        let claim: PreparedStatement
+        let writeBack: PreparedStatement
+    }
+
     public init(database: Database, target: WriteBackTarget? = nil) {
         self.database = database
         self.target = target
+        self.statements = Statements(
+            claim: Self.claimStatement(schema: database.schema),
+            writeBack: Self.writeBackStatement(schema: database.schema)
+        )
     }
 
     /// Which of the rows `ids` a write-back statement changed (`rows` return their ids).

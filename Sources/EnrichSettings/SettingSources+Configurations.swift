@@ -23,6 +23,7 @@ extension SettingSources {
             maximumConnections: try value(Settings.databaseConnections) ?? 8
         )
         if let timeout = try value(Settings.statementTimeout) { configuration.statementTimeout = timeout }
+        if let prepared = try value(Settings.preparedStatements) { configuration.preparedStatements = prepared == "on" }
         return configuration
     }
 

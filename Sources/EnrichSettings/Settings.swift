@@ -53,6 +53,16 @@ public enum Settings {
         group: .database,
         sources: .flagAndEnvironment
     )
+    public static let preparedStatements = Setting(
+        "prepared-statements",
+        environment: "ENRICH_PREPARED_STATEMENTS",
+        kind: .choice(["on", "off"]),
+        default: "on",
+        help: "prepare the claim and the write-back once per connection (off: behind a pooler that cannot keep "
+            + "them, such as PgBouncer before 1.21 in transaction mode)",
+        group: .database,
+        sources: .flagAndEnvironment
+    )
 
     // MARK: Logging
 
@@ -472,7 +482,7 @@ public enum Settings {
 
     /// The database and logging settings every command that uses the database reads.
     public static let database: [any AnySetting] = [
-        databaseURL, schema, databaseConnections, statementTimeout, logLevel, logFormat,
+        databaseURL, schema, databaseConnections, statementTimeout, preparedStatements, logLevel, logFormat,
     ]
 
     /// The settings `enrich run` reads besides ``database``.

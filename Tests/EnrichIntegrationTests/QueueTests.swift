@@ -83,8 +83,15 @@ struct QueueTests {
                 Completion(item: $0, context: CommerceContext(customerNumber: "c", priceTier: nil, currencyCode: "EUR"))
             }
         )
-        let query = Queue.writeBackQuery(batch, owner: "w1", schema: schema)
-        func plan() async throws -> String { try await Self.plan(query, in: database) }
+        var bindings = PostgresBindings()
+        for value in try Queue.writeBackBinds(batch, owner: "w1") { bindings.append(value) }
+        let query = PostgresQuery(unsafeSQL: queue.statements.writeBack.sql, binds: bindings)
+        // The plan for this batch's values (the first executions on a connection), and the generic one
+        // PostgreSQL may keep after them.
+        func plan() async throws -> String {
+            try await Self.plan(query, in: database) + "\n"
+                + PreparedStatementTests.genericPlan(queue.statements.writeBack, parameters: 18, in: database)
+        }
         // 15,000 rows: on a smaller table the planner scans it once whatever it expects. This run's ANALYZE
         // (migration 7: no statistics for the lease columns), then statistics of an older install taken while
         // no row was leased: neither may turn the join by id into a filter per row.
