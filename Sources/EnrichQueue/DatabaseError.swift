@@ -11,7 +11,7 @@ public struct DatabaseError: Error, CustomStringConvertible, Sendable {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private enum Base: String, Hashable, Sendable {
             case invalidURL, cannotConnect, timedOut, queryFailed, invalidSchemaName, schemaNotMigrated, badSource,
-                badTarget
+                badTarget, preparedStatementLost
         }
         private let base: Base
         private init(_ base: Base) { self.base = base }
@@ -32,6 +32,9 @@ public struct DatabaseError: Error, CustomStringConvertible, Sendable {
         public static let badSource = Code(.badSource)
         /// A write-back target's SQL is unusable (syntax, a missing table or column, a parameter's type).
         public static let badTarget = Code(.badTarget)
+        /// A statement prepared on a connection was gone or could no longer run as prepared; the next attempt
+        /// prepares it again.
+        public static let preparedStatementLost = Code(.preparedStatementLost)
 
         public var description: String { base.rawValue }
     }
@@ -52,10 +55,11 @@ public struct DatabaseError: Error, CustomStringConvertible, Sendable {
 
     /// Whether retrying the same statement later can succeed: a lost or refused connection, or a server
     /// error of the transient kinds (connection exception 08, serialization failure or deadlock 40,
-    /// insufficient resources 53, operator intervention such as a restart 57P, lock not available 55P03).
+    /// insufficient resources 53, operator intervention such as a restart 57P, lock not available 55P03), and a
+    /// prepared statement that went away (prepared again on the next attempt).
     /// A statement the server rejects for its content (bad data, missing table) fails the same way again.
     public var isTransient: Bool {
-        if code == .cannotConnect || code == .timedOut { return true }
+        if code == .cannotConnect || code == .timedOut || code == .preparedStatementLost { return true }
         guard let sqlState else { return code == .queryFailed }
         return sqlState.hasPrefix("08") || sqlState.hasPrefix("40") || sqlState.hasPrefix("53")
             || sqlState.hasPrefix("57P") || sqlState == "55P03"
@@ -130,8 +134,9 @@ public struct DatabaseError: Error, CustomStringConvertible, Sendable {
             return DatabaseError(.queryFailed, text, sqlState: state)
         case .connectionClosed:
             return DatabaseError(.cannotConnect, "\(operation) failed: lost the database connection (closed)")
-        case .protocol(let message):
-            return DatabaseError(.cannotConnect, "\(operation) failed: lost the database connection (\(message))")
+        case .protocol:
+            // Its text can quote the message that did not parse, row data included: not repeated here.
+            return DatabaseError(.cannotConnect, "\(operation) failed: lost the database connection (protocol error)")
         }
     }
 

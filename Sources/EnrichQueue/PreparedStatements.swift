@@ -30,9 +30,20 @@ final class PreparedStatements: Sendable {
         let operation: String
     }
 
+    private struct Entry {
+        let sql: String
+        let query: PreparedQuery
+    }
+
     /// Each entry holds its connection (through the `PreparedQuery`), so an identifier cannot be reused by
-    /// another connection while its entry exists; entries go when their connection closes.
-    private let prepared = Mutex<[Key: PreparedQuery]>([:])
+    /// another connection while its entry exists; a connection's entries go when it closes.
+    private struct State {
+        var entries: [Key: Entry] = [:]
+        /// Connections whose close is watched (once each).
+        var watched: Set<ObjectIdentifier> = []
+    }
+
+    private let state = Mutex(State())
 
     /// False: statements run unnamed, parsed and planned on every call (``DatabaseConfiguration/preparedStatements``).
     let enabled: Bool
@@ -42,12 +53,15 @@ final class PreparedStatements: Sendable {
     }
 
     /// How many statements are prepared now, over all connections (for tests).
-    var count: Int { prepared.withLock { $0.count } }
+    var count: Int { state.withLock { $0.entries.count } }
 
     /// Runs `statement` with `binds` on `connection`, preparing it there first when needed. Must be called
-    /// on the connection's event loop. A failed execution forgets the statement on that connection (it is
-    /// prepared again next time), so that one that became unusable (a cached plan whose result type changed
-    /// under a migration) does not keep failing.
+    /// on the connection's event loop. Read the rows with ``RowCells``: they say text but hold binary.
+    ///
+    /// A statement the server no longer has or can no longer run as prepared (`DEALLOCATE`, a pooler that
+    /// moved the session, a migration that changed a result column's type) fails with
+    /// ``DatabaseError/Code/preparedStatementLost``, which callers retry: it is forgotten, so the retry
+    /// prepares it again. Other errors leave it prepared (a deadlock does not invalidate it).
     func execute(
         _ statement: PreparedStatement,
         _ binds: [PostgresData],
@@ -58,21 +72,20 @@ final class PreparedStatements: Sendable {
         guard enabled else {
             var bindings = PostgresBindings(capacity: binds.count)
             for value in binds { bindings.append(value) }
-            return connection.query(PostgresQuery(unsafeSQL: statement.sql, binds: bindings), logger: logger).map(
-                \.rows
-            )
+            return connection.query(PostgresQuery(unsafeSQL: statement.sql, binds: bindings), logger: logger)
+                .map(\.rows)
         }
         let key = Key(connection: ObjectIdentifier(connection), operation: statement.operation)
         let ready: EventLoopFuture<PreparedQuery>
-        if let query = prepared.withLock({ $0[key] }) {
-            ready = connection.eventLoop.makeSucceededFuture(query)
+        if let entry = state.withLock({ $0.entries[key] }), entry.sql == statement.sql {
+            ready = connection.eventLoop.makeSucceededFuture(entry.query)
         } else {
             ready = connection.prepare(query: statement.sql).map { query in
-                let first = self.prepared.withLock { prepared in
-                    defer { prepared[key] = query }
-                    return !prepared.keys.contains { $0.connection == key.connection }
+                let watch = self.state.withLock { state in
+                    state.entries[key] = Entry(sql: statement.sql, query: query)
+                    return state.watched.insert(key.connection).inserted
                 }
-                if first {
+                if watch {
                     connection.closeFuture.whenComplete { _ in self.forget(connection) }
                 }
                 return query
@@ -86,14 +99,36 @@ final class PreparedStatements: Sendable {
             }
             return query.execute(binds)
         }.flatMapErrorThrowing { error in
-            _ = self.prepared.withLock { $0.removeValue(forKey: key) }
-            throw error
+            guard let reason = Self.lostReason(error) else { throw error }
+            _ = self.state.withLock { $0.entries.removeValue(forKey: key) }
+            throw DatabaseError(
+                .preparedStatementLost,
+                "\(statement.operation): the statement prepared on this database connection is gone (\(reason)); "
+                    + "it is prepared again on the next attempt (behind a pooler that cannot keep prepared "
+                    + "statements, set --prepared-statements off)"
+            )
+        }
+    }
+
+    /// The server's reason when `error` says that a prepared statement is gone or unusable as prepared:
+    /// 26000 (no such statement), 42P05 (the name exists already: a pooler mixing sessions), or 0A000 for a
+    /// cached plan whose result type changed.
+    private static func lostReason(_ error: any Error) -> String? {
+        guard case .server(let info) = error as? PostgresError, let state = info.fields[.sqlState] else { return nil }
+        let message = info.fields[.message] ?? "SQLSTATE \(state)"
+        switch state {
+        case "26000", "42P05": return "\(message), SQLSTATE \(state)"
+        case "0A000" where message.contains("cached plan"): return "\(message), SQLSTATE \(state)"
+        default: return nil
         }
     }
 
     private func forget(_ connection: PostgresConnection) {
         let id = ObjectIdentifier(connection)
-        prepared.withLock { prepared in prepared = prepared.filter { $0.key.connection != id } }
+        state.withLock { state in
+            state.entries = state.entries.filter { $0.key.connection != id }
+            state.watched.remove(id)
+        }
     }
 }
 

@@ -50,7 +50,9 @@ struct PreparedStatementTests {
         #expect(names.count == 1, "one server-side statement for five executions: \(names)")
     }
 
-    @Test("a statement that vanished from its connection fails once with the server's reason, then is prepared again")
+    @Test(
+        "a statement that vanished from its connection fails once, retryably, with the server's reason, then is prepared again"
+    )
     func vanishedStatementIsPreparedAgain() async throws {
         let database = try TestDatabase.require()
         try await database.withSession("test") { session in
@@ -59,9 +61,10 @@ struct PreparedStatementTests {
             let error = await #expect(throws: DatabaseError.self) {
                 try await session.execute(Self.echo, try Self.echoBinds(2))
             }
-            #expect(error?.code == .queryFailed)
-            #expect(error?.sqlState == "26000", "\(String(describing: error))")
-            #expect(error?.message.contains("test failed: prepared statement") == true, "\(String(describing: error))")
+            #expect(error?.code == .preparedStatementLost, "\(String(describing: error))")
+            #expect(error?.isTransient == true, "the worker retries it")
+            #expect(error?.message.contains("does not exist, SQLSTATE 26000") == true, "\(String(describing: error))")
+            #expect(error?.message.contains("--prepared-statements off") == true, "\(String(describing: error))")
             let answer = try Self.decodeEcho(try await session.execute(Self.echo, try Self.echoBinds(3)))
             #expect(answer.0 == 4)
             #expect(try await Self.preparedNames(session).count == 1)

@@ -111,9 +111,10 @@ struct DatabaseErrorTransienceTests {
         #expect(DatabaseError(.queryFailed, "x", sqlState: sqlState).isTransient == transient)
     }
 
-    @Test("a connection that cannot be made is transient; a schema that is not migrated is not")
+    @Test("a connection that cannot be made or a prepared statement gone is transient; an unmigrated schema is not")
     func codes() {
         #expect(DatabaseError(.cannotConnect, "x").isTransient)
+        #expect(DatabaseError(.preparedStatementLost, "x").isTransient, "prepared again on the next attempt")
         #expect(!DatabaseError(.schemaNotMigrated, "x").isTransient)
     }
 }
