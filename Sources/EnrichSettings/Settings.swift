@@ -59,7 +59,7 @@ public enum Settings {
         kind: .choice(["on", "off"]),
         default: "on",
         help: "prepare the claim and the write-back once per connection (off: behind a pooler that cannot keep "
-            + "them, such as PgBouncer before 1.21 in transaction mode)",
+            + "them, such as PgBouncer in transaction mode without max_prepared_statements)",
         group: .database,
         sources: .flagAndEnvironment
     )
