@@ -71,6 +71,28 @@ struct PreparedStatementTests {
         }
     }
 
+    @Test("a statement that fails for its values stays prepared: the next call runs it by name")
+    func failureKeepsTheStatement() async throws {
+        let database = try TestDatabase.require()
+        let divide = PreparedStatement(operation: "divide", sql: "SELECT 1 / $1::integer")
+        let names = try await database.withSession("test") { session in
+            _ = try await session.execute(divide, [try PostgresData(binding: Int32(1))])
+            let error = await #expect(throws: DatabaseError.self) {
+                try await session.execute(divide, [try PostgresData(binding: Int32(0))])
+            }
+            #expect(error?.code == .queryFailed)
+            #expect(
+                error?.sqlState == "22012",
+                "division by zero, worded like any server error: \(String(describing: error))"
+            )
+            let rows = try await session.execute(divide, [try PostgresData(binding: Int32(1))])
+            var cells = RowCells(try #require(rows.first), of: "divide")
+            #expect(try cells.next(Int32.self) == 1)
+            return try await Self.preparedNames(session)
+        }
+        #expect(names.count == 1, "prepared once for all three calls: \(names)")
+    }
+
     @Test(
         "a connection closed under a prepared statement fails it as a lost connection, and its statements are forgotten"
     )
