@@ -86,6 +86,12 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
     private var leadTurnAgain = false
     /// When the last pause before the current one ended: what the server accepted since then is measured.
     private var lastPauseEnd: C.Instant?
+    /// When the budget last answered again after it could not be reached (the database was away): the
+    /// calls stalled with it, so what the server accepted before says nothing about its limit, and a cut
+    /// measures only from then (a 429 just after an outage cut a fleet from 381/s to 39/s, measured over it).
+    private var budgetBackAt: C.Instant?
+    /// The leader's last turn could not reach the budget.
+    private var leadFailing = false
     /// The run is stopping: no caller waits for a send slot any more (``stopWaiting()``).
     private var stopping = false
     /// Calls this worker reported accepted to the budget, in total (a leader tells them from the others').
@@ -321,6 +327,7 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
             budgetRetryAt = nil
             if budgetFailing {
                 budgetFailing = false
+                budgetBackAt = now
                 logger.notice("the fleet's send budget answers again")
             }
         } catch {
@@ -373,6 +380,12 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
         let waiters = budgetWaiters
         budgetWaiters = []
         for waiter in waiters { waiter.resume() }
+    }
+
+    /// Where a cut starts measuring what the server accepted: after `since`, and after the budget came back.
+    private func measuredSince(_ since: C.Instant?) -> C.Instant? {
+        guard let budgetBackAt else { return since }
+        return max(since ?? budgetBackAt, budgetBackAt)
     }
 
     private func extendPause(until: C.Instant) {
@@ -472,9 +485,14 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
             do {
                 answer = try await budget.lead(rate: proposal.rate, ceiling: proposal.ceiling)
             } catch {
+                leadFailing = true
                 return  // the lease decides who leads; this worker keeps its view until the budget answers
             }
             let now = clock.now
+            if leadFailing {
+                leadFailing = false
+                budgetBackAt = now
+            }
             guard let answer else {
                 if lead != nil {
                     lead = nil
@@ -513,7 +531,11 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
             var cut = false
             if answer.events > current.events {
                 current.events = answer.events
-                cut = current.controller.recordThrottled(sentAt: now, now: now, activeSince: lastPauseEnd)
+                cut = current.controller.recordThrottled(
+                    sentAt: now,
+                    now: now,
+                    activeSince: measuredSince(lastPauseEnd)
+                )
             }
             sharedRate = current.controller.currentRate(now: now)
             lead = current
@@ -560,7 +582,7 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
         let now = clock.now
         // Sending resumed when the previous pause ended: measure what the server accepted since then.
         let activeSince = pausedUntil.flatMap { $0 < now ? $0 : nil }
-        let newEvent = controller.recordThrottled(sentAt: sentAt, now: now, activeSince: activeSince)
+        let newEvent = controller.recordThrottled(sentAt: sentAt, now: now, activeSince: measuredSince(activeSince))
         if newEvent { consecutivePauses += 1 }
         let pause = min(
             retryAfter ?? configuration.backoff.delay(attempt: consecutivePauses),

@@ -387,5 +387,45 @@ struct SharedBudgetThrottleTests {
         }
     }
 
+    @Test(
+        "a 429 just after the fleet's budget came back (a database outage) cuts the fleet's rate from that rate, not from the calls the outage stalled"
+    )
+    func outageDoesNotCollapseTheRate() async throws {
+        let clock = ManualClock()
+        let budget = MemoryBudget(clock: clock)
+        let leader = Throttle(clock: clock, logger: Self.quiet, budget: budget.worker("leader"))
+        /// The fleet accepts `rate` calls per second for `seconds`, reported every tenth of a second.
+        func traffic(_ rate: Double, for seconds: Double) async {
+            for _ in 0..<Int(seconds * 10) {
+                budget.report(accepted: Int64(rate / 10))
+                clock.advance(by: .milliseconds(100))
+                await clock.waitForSleepers(1)
+            }
+        }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await leader.leadFleet() }
+            await clock.waitForSleepers(1)
+            await traffic(200, for: 2)
+            await leader.throttled(sentAt: clock.now, retryAfter: .seconds(1))
+            let cut = try #require(budget.sharedRate)
+            await traffic(0, for: 1)  // the pause
+            await traffic(cut, for: 5)
+            let before = try #require(budget.sharedRate)
+            // The database is away for 8 s: the budget cannot be reached, and no call is accepted.
+            budget.fail(true)
+            await traffic(0, for: 8)
+            budget.fail(false)
+            await traffic(0, for: 0.3)  // the leader's next turn reaches the budget again
+            await leader.throttled(sentAt: clock.now, retryAfter: .seconds(1))
+            let after = try #require(budget.sharedRate)
+            #expect(after < before, "the 429 still cuts: \(before) → \(after)")
+            #expect(
+                after >= before * 0.5,
+                "cut from the rate the fleet had, not from what it accepted while the database was away: \(before) → \(after)"
+            )
+            group.cancelAll()
+        }
+    }
+
     typealias Instant = ManualClock.Instant
 }
