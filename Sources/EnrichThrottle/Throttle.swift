@@ -86,12 +86,12 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
     private var leadTurnAgain = false
     /// When the last pause before the current one ended: what the server accepted since then is measured.
     private var lastPauseEnd: C.Instant?
-    /// When the budget last answered again after it could not be reached (the database was away): the
-    /// calls stalled with it, so what the server accepted before says nothing about its limit, and a cut
-    /// measures only from then (a 429 just after an outage cut a fleet from 381/s to 39/s, measured over it).
+    /// When the budget last answered again after an outage of a second or more (the database was away): the
+    /// calls stalled with it, so what the server accepted before says nothing about its limit (a 429 just
+    /// after an outage cut a fleet from 381/s to 39/s, measured over it). See ``measuredSince(_:now:)``.
     private var budgetBackAt: C.Instant?
-    /// The leader's last turn could not reach the budget.
-    private var leadFailing = false
+    /// Since when the budget could not be reached (by a reservation or the leader's turn); nil while it answers.
+    private var budgetDownSince: C.Instant?
     /// The run is stopping: no caller waits for a send slot any more (``stopWaiting()``).
     private var stopping = false
     /// Calls this worker reported accepted to the budget, in total (a leader tells them from the others').
@@ -325,13 +325,14 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
             observeFleet(events: reservation.pauseEvents)
             if reservation.pausedFor > .zero { extendPause(until: now.advanced(by: reservation.pausedFor)) }
             budgetRetryAt = nil
+            budgetAnswered(at: now)
             if budgetFailing {
                 budgetFailing = false
-                budgetBackAt = now
                 logger.notice("the fleet's send budget answers again")
             }
         } catch {
             returnUnreported(accepted)
+            budgetDownSince = budgetDownSince ?? clock.now
             if !budgetFailing {
                 budgetFailing = true
                 logger.warning(
@@ -382,10 +383,21 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
         for waiter in waiters { waiter.resume() }
     }
 
-    /// Where a cut starts measuring what the server accepted: after `since`, and after the budget came back.
-    private func measuredSince(_ since: C.Instant?) -> C.Instant? {
+    /// The budget answered: if it had been away for a second or more, measurements start again now (a
+    /// shorter miss, a slow statement, stalls no calls).
+    private func budgetAnswered(at now: C.Instant) {
+        if let down = budgetDownSince, down.duration(to: now) >= .seconds(1) { budgetBackAt = now }
+        budgetDownSince = nil
+    }
+
+    /// Where a cut starts measuring what the server accepted (nil: it does not measure, it cuts from the
+    /// rate): `since`, but never before the budget came back. For a second plus a measurement window after it
+    /// came back it does not measure at all: calls are still picking up, and other workers' counts reach the
+    /// budget only as their own retries get through.
+    private func measuredSince(_ since: C.Instant?, now: C.Instant) -> C.Instant? {
         guard let budgetBackAt else { return since }
-        return max(since ?? budgetBackAt, budgetBackAt)
+        if budgetBackAt.duration(to: now) < configuration.controller.measurementWindow + .seconds(1) { return nil }
+        return since.map { max($0, budgetBackAt) }
     }
 
     private func extendPause(until: C.Instant) {
@@ -485,14 +497,11 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
             do {
                 answer = try await budget.lead(rate: proposal.rate, ceiling: proposal.ceiling)
             } catch {
-                leadFailing = true
+                budgetDownSince = budgetDownSince ?? clock.now
                 return  // the lease decides who leads; this worker keeps its view until the budget answers
             }
             let now = clock.now
-            if leadFailing {
-                leadFailing = false
-                budgetBackAt = now
-            }
+            budgetAnswered(at: now)
             guard let answer else {
                 if lead != nil {
                     lead = nil
@@ -534,7 +543,7 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
                 cut = current.controller.recordThrottled(
                     sentAt: now,
                     now: now,
-                    activeSince: measuredSince(lastPauseEnd)
+                    activeSince: measuredSince(lastPauseEnd, now: now)
                 )
             }
             sharedRate = current.controller.currentRate(now: now)
@@ -582,7 +591,11 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
         let now = clock.now
         // Sending resumed when the previous pause ended: measure what the server accepted since then.
         let activeSince = pausedUntil.flatMap { $0 < now ? $0 : nil }
-        let newEvent = controller.recordThrottled(sentAt: sentAt, now: now, activeSince: measuredSince(activeSince))
+        let newEvent = controller.recordThrottled(
+            sentAt: sentAt,
+            now: now,
+            activeSince: measuredSince(activeSince, now: now)
+        )
         if newEvent { consecutivePauses += 1 }
         let pause = min(
             retryAfter ?? configuration.backoff.delay(attempt: consecutivePauses),
