@@ -93,13 +93,7 @@ public struct DatabaseError: Error, CustomStringConvertible, Sendable {
         if let error = error as? DatabaseError { return error }
         if let psql = error as? PSQLError {
             if let info = psql.serverInfo, let message = info[.message] {
-                var text = "\(operation) failed: \(message)"
-                if let state = info[.sqlState] { text += " (SQLSTATE \(state))" }
-                if let detail = info[.detail] { text += ": \(detail)" }
-                if info[.sqlState] == "42P01" || info[.sqlState] == "3F000" {
-                    return DatabaseError(.schemaNotMigrated, text)
-                }
-                return DatabaseError(.queryFailed, text, sqlState: info[.sqlState])
+                return serverError(message, state: info[.sqlState], detail: info[.detail], during: operation)
             }
             if psql.code == .connectionError || psql.code == .unexpectedBackendMessage
                 || psql.code == .serverClosedConnection || psql.code == .clientClosedConnection
@@ -121,17 +115,32 @@ public struct DatabaseError: Error, CustomStringConvertible, Sendable {
         return DatabaseError(.queryFailed, "\(operation) failed: \(type(of: error))")
     }
 
+    /// An error the server answered with: its message, SQLSTATE and detail (never the bound values); a
+    /// missing table or schema means the schema is not migrated.
+    private static func serverError(
+        _ message: String,
+        state: String?,
+        detail: String?,
+        during operation: String
+    ) -> DatabaseError {
+        var text = "\(operation) failed: \(message)"
+        if let state { text += " (SQLSTATE \(state))" }
+        if let detail { text += ": \(detail)" }
+        if state == "42P01" || state == "3F000" { return DatabaseError(.schemaNotMigrated, text) }
+        return DatabaseError(.queryFailed, text, sqlState: state)
+    }
+
     /// PostgresNIO's older error type, which its prepared statements (``PreparedStatements``) throw: worded
     /// the same way as the newer one, with the same secret-free parts.
     private static func wrapped(_ error: PostgresError, during operation: String) -> DatabaseError {
         switch error {
         case .server(let info):
-            let state = info.fields[.sqlState]
-            var text = "\(operation) failed: \(info.fields[.message] ?? "the server reported an error")"
-            if let state { text += " (SQLSTATE \(state))" }
-            if let detail = info.fields[.detail] { text += ": \(detail)" }
-            if state == "42P01" || state == "3F000" { return DatabaseError(.schemaNotMigrated, text) }
-            return DatabaseError(.queryFailed, text, sqlState: state)
+            return serverError(
+                info.fields[.message] ?? "the server reported an error",
+                state: info.fields[.sqlState],
+                detail: info.fields[.detail],
+                during: operation
+            )
         case .connectionClosed:
             return DatabaseError(.cannotConnect, "\(operation) failed: lost the database connection (closed)")
         case .protocol:

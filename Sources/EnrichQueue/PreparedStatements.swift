@@ -14,6 +14,14 @@ struct PreparedStatement: Sendable {
     /// What the statement does, for messages; also its key among a connection's statements.
     let operation: String
     let sql: String
+
+    /// The statement unnamed, with `binds`: parsed and planned where it runs (``PreparedStatements/enabled``
+    /// off, and tests that explain its plan for given values).
+    func unnamed(_ binds: [PostgresData]) -> PostgresQuery {
+        var bindings = PostgresBindings(capacity: binds.count)
+        for value in binds { bindings.append(value) }
+        return PostgresQuery(unsafeSQL: sql, binds: bindings)
+    }
 }
 
 /// The statements prepared on each connection of one pool (hence one schema).
@@ -70,10 +78,7 @@ final class PreparedStatements: Sendable {
     ) -> EventLoopFuture<[PostgresRow]> {
         connection.eventLoop.assertInEventLoop()
         guard enabled else {
-            var bindings = PostgresBindings(capacity: binds.count)
-            for value in binds { bindings.append(value) }
-            return connection.query(PostgresQuery(unsafeSQL: statement.sql, binds: bindings), logger: logger)
-                .map(\.rows)
+            return connection.query(statement.unnamed(binds), logger: logger).map(\.rows)
         }
         let key = Key(connection: ObjectIdentifier(connection), operation: statement.operation)
         let ready: EventLoopFuture<PreparedQuery>

@@ -332,7 +332,7 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
             }
         } catch {
             returnUnreported(accepted)
-            budgetDownSince = budgetDownSince ?? clock.now
+            budgetMissed()
             if !budgetFailing {
                 budgetFailing = true
                 logger.warning(
@@ -381,6 +381,11 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
         let waiters = budgetWaiters
         budgetWaiters = []
         for waiter in waiters { waiter.resume() }
+    }
+
+    /// The budget could not be reached: it is down from now, unless it already was.
+    private func budgetMissed() {
+        budgetDownSince = budgetDownSince ?? clock.now
     }
 
     /// The budget answered: if it had been away for a second or more, measurements start again now (a
@@ -497,7 +502,7 @@ public actor Throttle<C: Clock> where C.Duration == Duration {
             do {
                 answer = try await budget.lead(rate: proposal.rate, ceiling: proposal.ceiling)
             } catch {
-                budgetDownSince = budgetDownSince ?? clock.now
+                budgetMissed()
                 return  // the lease decides who leads; this worker keeps its view until the budget answers
             }
             let now = clock.now

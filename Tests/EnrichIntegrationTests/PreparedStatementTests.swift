@@ -120,10 +120,7 @@ struct PreparedStatementTests {
     func genericPlans() async throws {
         let database = try TestDatabase.require()
         let queue = Queue(database: database)
-        let pairs = (0..<15_000).map { Pair(organizationId: "org\($0 % 7)", userId: "user\($0)") }
-        let chunks = stride(from: 0, to: pairs.count, by: 1000).map { Array(pairs[$0..<min($0 + 1000, pairs.count)]) }
-        let box = ChunkBox(chunks)
-        _ = try await queue.enqueue(maxAttempts: 5) { box.next() }
+        _ = try await QueueTests().enqueue(queue, QueueTests.pairs(15_000))
         try await queue.refreshStatisticsIfStale()
         _ = try await queue.claim(owner: "w1", limit: 500, lease: .seconds(60))
         let claim = try await Self.genericPlan(queue.statements.claim, parameters: 7, in: database)
@@ -163,9 +160,7 @@ struct PreparedStatementsOffTests {
         configuration.maximumConnections = 1
         try await Database.withDatabase(configuration, logger: Logger(label: "enrich.tests.unprepared")) { database in
             let queue = Queue(database: database)
-            let pairs = (0..<20).map { Pair(organizationId: "org", userId: "user\($0)") }
-            let box = ChunkBox([pairs])
-            _ = try await queue.enqueue(maxAttempts: 5) { box.next() }
+            _ = try await QueueTests().enqueue(queue, QueueTests.pairs(20))
             let claimed = try await queue.claim(owner: "w1", limit: 50, lease: .seconds(60)).items
             #expect(claimed.count == 20)
             let context = CommerceContext(customerNumber: "c", priceTier: "t", currencyCode: "EUR")

@@ -83,9 +83,7 @@ struct QueueTests {
                 Completion(item: $0, context: CommerceContext(customerNumber: "c", priceTier: nil, currencyCode: "EUR"))
             }
         )
-        var bindings = PostgresBindings()
-        for value in try Queue.writeBackBinds(batch, owner: "w1") { bindings.append(value) }
-        let query = PostgresQuery(unsafeSQL: queue.statements.writeBack.sql, binds: bindings)
+        let query = queue.statements.writeBack.unnamed(try Queue.writeBackBinds(batch, owner: "w1"))
         // The plan for this batch's values (the first executions on a connection), and the generic one
         // PostgreSQL may keep after them.
         func plan() async throws -> String {
